@@ -1,0 +1,315 @@
+"""The ``genmodels`` command: datasets, train, sample, log-prob, evaluate, tour."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+import numpy as np
+import torch
+
+from genmodels.checkpoint import CheckpointError
+from genmodels.data import DataError
+from genmodels.models import FAMILIES, NotSupportedError, get_family
+from genmodels.train import TrainConfig, TrainingDiverged
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+# -- dataclass fields → command-line options -------------------------------------------------
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, include_extras=False)
+
+
+def _field_help(cls: type, name: str) -> str:
+    doc = getattr(cls, "__field_docs__", {}).get(name)
+    return doc or ""
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> list[str]:
+    """Add ``--name`` for every field of dataclass ``cls``; returns the option names."""
+    hints = _field_types(cls)
+    names = []
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kind = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
+        if get_origin(kind) is Literal:
+            kwargs["choices"] = list(get_args(kind))
+            kwargs["type"] = type(get_args(kind)[0])
+        elif kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif kind in (int, float, str):
+            kwargs["type"] = kind
+        else:  # Optional[...] and friends: parse as the first concrete argument
+            concrete = [a for a in get_args(kind) if a is not type(None)]
+            kwargs["type"] = concrete[0] if concrete else str
+        kwargs["help"] = f"(default: {default})"
+        parser.add_argument(flag, **kwargs)
+        names.append(flag)
+    return names
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, exit 2
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def _family_from_argv(argv: list[str]) -> str | None:
+    if len(argv) >= 2 and argv[0] == "train" and not argv[1].startswith("-"):
+        return argv[1]
+    return None
+
+
+def build_parser(family: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="genmodels", description=__doc__)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("datasets", help="list the built-in targets with dimension and entropy")
+
+    p = sub.add_parser("train", help="train a family on a target or a file")
+    p.add_argument("family", metavar="FAMILY", help=f"one of: {', '.join(FAMILIES)}")
+    p.add_argument("--data", default="8gaussians", help="built-in target, 'digits', or a .npy/.npz/.csv file")
+    p.add_argument("--out", default=None, help="run directory (checkpoints, log); default runs/FAMILY-DATA")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    add_dataclass_options(p, TrainConfig, skip={"progress"})
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
+    if family in FAMILIES:
+        group = p.add_argument_group(f"{family} options")
+        add_dataclass_options(group, FAMILIES[family].Config)  # type: ignore[arg-type]
+
+    p = sub.add_parser("sample", help="draw samples from a trained run")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--n", type=int, default=1000)
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a sampler option of the family (repeatable)")
+
+    p = sub.add_parser("log-prob", help="log-density of data under a trained run")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--data", required=True, help="a .npy/.npz/.csv file (or a built-in target's samples)")
+    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--device", default="cpu")
+
+    p = sub.add_parser("evaluate", help="metrics of a trained run against the truth or held-out data")
+    p.add_argument("run", metavar="DIR")
+    p.add_argument("--data", default=None, help="target or file (default: the training data)")
+    p.add_argument("--n", type=int, default=20_000, help="samples for the Monte-Carlo metrics")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("tour", help="train every family briefly, evaluate each against the truth")
+    p.add_argument("--out", default="tour", help="output folder (table and pictures)")
+    p.add_argument("--data", default="8gaussians", help="a built-in 2-D target")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--families", default=None, help="comma-separated subset of families")
+    p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every family's tour steps")
+    return parser
+
+
+# -- commands ------------------------------------------------------------------------------
+def cmd_datasets(args: argparse.Namespace) -> None:
+    from genmodels.distributions import TARGETS
+
+    print(f"{'name':<14}{'dim':>4}{'entropy (nats)':>17}  notes")
+    for name, make in TARGETS.items():
+        target = make()
+        print(f"{name:<14}{target.dim:>4}{target.entropy():>17.3f}  {type(target).__name__}", flush=True)
+    print(f"{'digits':<14}{64:>4}{'—':>17}  sklearn 8×8 digits, 17 levels, 1437/360 split")
+
+
+def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
+    from genmodels.evaluate import evaluate_model
+    from genmodels.train import train
+
+    family = get_family(argv_family)
+    options = {f.name: getattr(args, f.name) for f in fields(family.Config) if hasattr(args, f.name)}
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    config = TrainConfig(**{**family.train_defaults, **given})
+    out = Path(args.out) if args.out else Path("runs") / f"{family.family}-{Path(args.data).stem}"
+    if not args.resume and (out / "checkpoint.json").exists():
+        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if args.resume and options:
+        raise CLIError("--resume continues a run with its saved options; drop the family options")
+
+    from genmodels.data import load_data
+
+    dataset = None if args.resume else load_data(args.data)
+    target = None
+    if dataset is not None:
+        target = dataset.target
+    evaluator = None
+    if target is not None:
+        g_seed = config.seed
+
+        def evaluator(model: Any) -> dict[str, Any]:
+            return evaluate_model(model, target, n=5000, generator=torch.Generator().manual_seed(g_seed), summary=True)
+
+    if args.resume:
+        from genmodels.checkpoint import load as load_ckpt
+        from genmodels.data import load_data as ld
+
+        record, _ = load_ckpt(out)
+        dataset = ld(record["data"]["source"])
+        if dataset.target is not None:
+            target = dataset.target
+
+            def evaluator(model: Any) -> dict[str, Any]:
+                return evaluate_model(model, target, n=5000, generator=torch.Generator().manual_seed(0), summary=True)
+
+        steps = given.get("steps")
+        config = TrainConfig(steps=steps) if steps else None  # type: ignore[assignment]
+        if config is not None:
+            config.progress = args.progress
+    result = train(family.family, dataset, config, out=out, resume=args.resume, options=options, evaluate=evaluator)
+    print(f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}")
+
+
+def _sample_options(family: type, pairs: list[str]) -> dict[str, Any]:
+    hints = _field_types(family.SampleConfig)
+    valid = {f.name for f in fields(family.SampleConfig)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.replace("-", "_")
+        if not sep or key not in valid:
+            listing = ", ".join(sorted(valid)) or "(none)"
+            raise CLIError(f"unknown sampler option {pair!r} for {family.family}; valid: {listing}")
+        kind = hints[key]
+        out[key] = kind(value) if kind in (int, float, str) else value
+    return out
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from genmodels.train import load_run
+
+    if args.n < 1:
+        raise CLIError(f"--n must be >= 1, got {args.n}")
+    model, _ = load_run(args.run, args.device)
+    options = _sample_options(type(model), args.option)
+    gen = torch.Generator(device=model.device).manual_seed(args.seed)
+    x = model.sample(args.n, generator=gen, **options).cpu().numpy()
+    _save_npy(args.out, x)
+    print(f"wrote {x.shape[0]} samples of dimension {x.shape[1]} to {args.out}")
+
+
+def cmd_log_prob(args: argparse.Namespace) -> None:
+    from genmodels.data import load_data
+    from genmodels.train import load_run
+
+    model, _ = load_run(args.run, args.device)
+    if not model.has_log_prob:
+        raise CLIError(f"the {model.family} family has no log-density; it can only be sampled")
+    data = _points(load_data(args.data), n=10_000)
+    if data.shape[1] != model.dim:
+        raise CLIError(f"{args.data}: dimension {data.shape[1]}, but the model is for dimension {model.dim}")
+    with torch.no_grad():
+        ld = model.log_prob(data.to(model.device))
+    _save_npy(args.out, ld.values.cpu().numpy())
+    print(f"wrote {ld.values.shape[0]} log-densities ({ld.kind}) to {args.out}; mean {float(ld.values.mean()):.4f} nats")
+
+
+def _points(dataset: Any, n: int) -> torch.Tensor:
+    if dataset.target is not None:
+        return dataset.target.sample(n, generator=torch.Generator().manual_seed(0))
+    x = dataset.test if dataset.test is not None else dataset.train
+    if dataset.levels is not None:
+        from genmodels.data.dataset import dequantize
+
+        x = dequantize(x, dataset.levels, torch.Generator().manual_seed(0))
+    return x
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from genmodels.data import load_data
+    from genmodels.evaluate import energy_distance, evaluate_model, heldout_nll
+    from genmodels.train import load_run
+
+    model, record = load_run(args.run, args.device)
+    source = args.data or record["data"]["source"]
+    dataset = load_data(source)
+    if dataset.dim != model.dim:
+        raise CLIError(f"{source}: dimension {dataset.dim}, but the model is for dimension {model.dim}")
+    gen = torch.Generator().manual_seed(args.seed)
+    if dataset.target is not None:
+        result = evaluate_model(model, dataset.target, n=args.n, generator=gen, summary=True)
+    else:
+        data = _points(dataset, args.n)
+        result = {"data": source, "n": int(data.shape[0])}
+        if model.has_log_prob:
+            mean, se, kind = heldout_nll(model, data)
+            result.update({"nll": mean, "nll_stderr": se, "nll_kind": kind})
+        samples = model.sample(min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed))
+        result["energy_distance"] = float(energy_distance(samples.cpu(), data[:5000]))
+    result = {"family": model.family, "step": record["step"], **result}
+    if args.json:
+        print(json.dumps(result, indent=2, default=float))
+    else:
+        for k, v in result.items():
+            print(f"{k:<22}{v:.4g}" if isinstance(v, float) else f"{k:<22}{v}")
+
+
+def cmd_tour(args: argparse.Namespace) -> None:
+    from genmodels.tour import run_tour
+
+    families = args.families.split(",") if args.families else list(FAMILIES)
+    for name in families:
+        get_family(name)
+    run_tour(Path(args.out), data=args.data, families=families, seed=args.seed, steps_scale=args.steps_scale)
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    from genmodels.checkpoint import atomic_write_bytes
+    import io
+
+    if not path.endswith(".npy"):
+        raise CLIError(f"--out must be a .npy file, got {path!r}")
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        family = _family_from_argv(argv)
+        if family is not None:
+            get_family(family)
+        parser = build_parser(family)
+        args = parser.parse_args(argv)
+        if args.command == "datasets":
+            cmd_datasets(args)
+        elif args.command == "train":
+            cmd_train(args, args.family)
+        elif args.command == "sample":
+            cmd_sample(args)
+        elif args.command == "log-prob":
+            cmd_log_prob(args)
+        elif args.command == "evaluate":
+            cmd_evaluate(args)
+        elif args.command == "tour":
+            cmd_tour(args)
+    except (CLIError, DataError, CheckpointError, NotSupportedError, TrainingDiverged, ValueError) as err:
+        print(f"genmodels: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

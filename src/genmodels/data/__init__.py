@@ -1,0 +1,11 @@
+"""Training data: a built-in target by name, sklearn's bundled digits, or the user's file.
+
+Every source becomes a :class:`Dataset`. Batches are drawn by :meth:`Dataset.batch`,
+which is a pure function of the step number and the seed (fresh target samples come from
+the run's data generator, whose state the checkpoints keep), so a resumed run sees exactly
+the batches an uninterrupted run would have seen.
+"""
+
+from genmodels.data.dataset import Dataset, DataError, load_data, load_file
+
+__all__ = ["DataError", "Dataset", "load_data", "load_file"]

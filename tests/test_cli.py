@@ -1,0 +1,105 @@
+"""The `genmodels` command end to end on small budgets, and its one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genmodels.cli import main
+
+TINY = ["--steps", "60", "--batch-size", "64", "--layers", "2", "--hidden", "16", "--no-progress"]
+
+
+def run(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_train_sample_log_prob_evaluate_on_a_target(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code, out, err = run(["train", "realnvp", "--data", "8gaussians", "--out", str(run_dir), *TINY], capsys)
+    assert code == 0, err
+    assert "trained realnvp for 60 steps" in out and (run_dir / "checkpoint.json").exists()
+
+    code, out, _ = run(["sample", str(run_dir), "--n", "123", "--out", str(tmp_path / "s.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (123, 2)
+
+    np.save(tmp_path / "pts.npy", np.zeros((7, 2), dtype=np.float32))
+    code, out, _ = run(["log-prob", str(run_dir), "--data", str(tmp_path / "pts.npy"), "--out", str(tmp_path / "lp.npy")], capsys)
+    assert code == 0 and "(exact)" in out
+    assert np.load(tmp_path / "lp.npy").shape == (7,)
+
+    code, out, _ = run(["evaluate", str(run_dir), "--json", "--n", "2000"], capsys)
+    assert code == 0
+    result = json.loads(out)
+    assert result["family"] == "realnvp" and result["kl_kind"] == "exact" and result["n_modes"] == 8
+
+    # Resume with more steps continues the same run.
+    code, out, err = run(["train", "realnvp", "--out", str(run_dir), "--resume", "--steps", "80", "--no-progress"], capsys)
+    assert code == 0, err
+    assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 80
+
+
+def test_the_same_commands_work_on_a_user_npy_file(tmp_path: Path, capsys) -> None:
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(500, 3)) * [1.0, 10.0, 0.1] + [5.0, -3.0, 0.0]
+    np.save(tmp_path / "mine.npy", data)
+    run_dir = tmp_path / "run"
+    code, _, err = run(["train", "realnvp", "--data", str(tmp_path / "mine.npy"), "--out", str(run_dir), *TINY], capsys)
+    assert code == 0, err
+    code, _, _ = run(["sample", str(run_dir), "--n", "50", "--out", str(tmp_path / "s.npy")], capsys)
+    assert code == 0 and np.load(tmp_path / "s.npy").shape == (50, 3)
+    code, out, _ = run(["evaluate", str(run_dir), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["nll_kind"] == "exact" and np.isfinite(result["nll"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "nosuch"], "unknown family 'nosuch'; choose one of: realnvp"),
+        (["train", "realnvp", "--data", "nosuch", "--no-progress"], "unknown dataset 'nosuch'.*8gaussians"),
+        (["train", "realnvp", "--bogus", "3"], "unrecognized arguments: --bogus"),
+        (["train", "realnvp", "--schedule", "wavy"], "invalid choice: 'wavy'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (["sample", "/nonexistent/run", "--out", "x.npy"], "no such run directory"),
+    ],
+)
+def test_errors_are_one_line_with_choices(args: list[str], message: str, capsys) -> None:
+    code, out, err = run(args, capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert pytest.importorskip("re").search(message, lines[0]), lines[0]
+
+
+def test_bad_user_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    np.save(tmp_path / "bad.npy", np.array([[1.0, np.nan]]))
+    code, _, err = run(["train", "realnvp", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "NaN" in err and "Traceback" not in err
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path, capsys) -> None:
+    args = ["train", "realnvp", "--out", str(tmp_path / "r"), *TINY]
+    assert run(args, capsys)[0] == 0
+    code, _, err = run(args, capsys)
+    assert code == 2 and "already holds a run" in err
+
+
+def test_datasets_lists_targets_with_entropy(capsys) -> None:
+    code, out, _ = run(["datasets"], capsys)
+    assert code == 0
+    assert "8gaussians" in out and "2.83" in out and "checkerboard" in out and "3.466" in out
+
+
+def test_console_script_is_installed(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "genmodels", "train", "nosuch"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert proc.returncode == 2 and "choose one of: realnvp" in proc.stderr
