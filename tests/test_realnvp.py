@@ -13,6 +13,7 @@ from genmodels.evaluate import kl_to_truth
 from genmodels.models import build_model
 from genmodels.models.realnvp import RealNVP, RealNVPConfig
 from genmodels.train import TrainConfig, train
+from genmodels.types import LogDensity
 
 
 def _randomized(dim: int, seed: int = 0) -> RealNVP:
@@ -21,7 +22,7 @@ def _randomized(dim: int, seed: int = 0) -> RealNVP:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return model
 
 
@@ -31,8 +32,8 @@ def test_inverse_is_exact(dim: int) -> None:
     x = torch.randn(64, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     z, ld_f = model(x)
     x_back, ld_g = model.inverse(z)
-    torch.testing.assert_close(x_back, x, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(ld_g, -ld_f, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x_back, x, rtol=1e-8, atol=1e-8)
+    torch.testing.assert_close(ld_g, -ld_f, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("dim", [2, 3])
@@ -64,7 +65,8 @@ def test_samples_follow_the_density() -> None:
     model = _randomized(2, seed=7).float()
     g = torch.Generator().manual_seed(0)
     x = model.sample(20_000, generator=g)
-    lq = model.log_prob(x).values.double()
+    with torch.no_grad():
+        lq = model.log_prob(x).values.double()
     h_mc, se = float(-lq.mean()), float(lq.std() / math.sqrt(lq.numel()))
     xs = torch.linspace(-15, 15, 701)
     X, Y = torch.meshgrid(xs, xs, indexing="ij")
@@ -75,29 +77,37 @@ def test_samples_follow_the_density() -> None:
 
 
 def test_short_training_lowers_kl_below_bar() -> None:
-    """1500 steps on 8gaussians: KL < 0.5 nats; untrained and broken flows stay above 1."""
+    """1500 steps on 8gaussians lower the KL below 0.5 nats; an untrained flow and a flow
+    trained with a classic bug (the log-determinant dropped) stay far above that bar.
+
+    The broken flow's own log_prob is not a normalized density, so it is judged honestly by
+    its samples: the grid (counting) estimate of the KL, minus that estimator's exact null
+    bias, for both flows."""
     target = get_target("8gaussians")
     config = TrainConfig(steps=1500, batch_size=256, lr=2e-3, progress=False)
-    result = train("realnvp", "8gaussians", config, options={"layers": 6, "hidden": 64})
-    gen = torch.Generator().manual_seed(11)
-    kl = kl_to_truth(result.model, target, n=10_000, generator=gen)
+    small = {"layers": 6, "hidden": 64}
+    result = train("realnvp", "8gaussians", config, options=small)
+    kl = kl_to_truth(result.model, target, n=10_000, generator=torch.Generator().manual_seed(11))
     assert kl.kind == "exact"
     assert kl.value < 0.5, kl
 
-    untrained = build_model("realnvp", 2, {"layers": 6, "hidden": 64})
+    untrained = build_model("realnvp", 2, small)
     kl0 = kl_to_truth(untrained, target, n=10_000, generator=torch.Generator().manual_seed(11))
     assert kl0.value > 1.0, kl0
 
-    class DroppedLogDet(RealNVP):  # a classic bug: forgetting the log-determinant
+    class DroppedLogDet(RealNVP):  # the bug: log q(u) = log N(f(u)) without Σ log|det|
         def _log_prob(self, u):  # type: ignore[override]
             z, _ = self(u)
-            values = -0.5 * (z**2).sum(-1) - math.log(2 * math.pi)
-            return type(super()._log_prob(u))(values, "exact")
+            return LogDensity(-0.5 * (z**2).sum(-1) - math.log(2 * math.pi), "exact")
 
-    broken = DroppedLogDet(2, RealNVPConfig(layers=6, hidden=64))
-    result_b = train(broken, "8gaussians", config)
-    kl_b = kl_to_truth(result_b.model, target, n=10_000, generator=torch.Generator().manual_seed(11))
-    assert kl_b.value > 1.0, kl_b
+    broken = train(DroppedLogDet(2, RealNVPConfig(**small)), "8gaussians", config).model
+
+    def grid_excess(model) -> float:
+        r = kl_to_truth(model, target, n=10_000, generator=torch.Generator().manual_seed(12), method="grid")
+        return r.value - r.details["null_bias"]
+
+    assert grid_excess(result.model) < 0.5
+    assert grid_excess(broken) > 1.0
 
 
 def test_rejects_one_dimensional_data() -> None:

@@ -132,49 +132,42 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     print(f"{'digits':<14}{64:>4}{'—':>17}  sklearn 8×8 digits, 17 levels, 1437/360 split")
 
 
-def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
+def _target_evaluator(target: Any, seed: int) -> Any:
+    """KL to the truth and mode metrics on a fixed set of fresh target samples."""
     from genmodels.evaluate import evaluate_model
+
+    def evaluator(model: Any) -> dict[str, Any]:
+        gen = torch.Generator().manual_seed(seed)
+        return evaluate_model(model, target, n=5000, generator=gen, summary=True)
+
+    return evaluator
+
+
+def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
+    from genmodels.checkpoint import load as load_checkpoint
+    from genmodels.data import load_data
     from genmodels.train import train
 
     family = get_family(argv_family)
     options = {f.name: getattr(args, f.name) for f in fields(family.Config) if hasattr(args, f.name)}
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
-    config = TrainConfig(**{**family.train_defaults, **given})
     out = Path(args.out) if args.out else Path("runs") / f"{family.family}-{Path(args.data).stem}"
-    if not args.resume and (out / "checkpoint.json").exists():
-        raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if args.resume and options:
-        raise CLIError("--resume continues a run with its saved options; drop the family options")
-
-    from genmodels.data import load_data
-
-    dataset = None if args.resume else load_data(args.data)
-    target = None
-    if dataset is not None:
-        target = dataset.target
-    evaluator = None
-    if target is not None:
-        g_seed = config.seed
-
-        def evaluator(model: Any) -> dict[str, Any]:
-            return evaluate_model(model, target, n=5000, generator=torch.Generator().manual_seed(g_seed), summary=True)
-
     if args.resume:
-        from genmodels.checkpoint import load as load_ckpt
-        from genmodels.data import load_data as ld
-
-        record, _ = load_ckpt(out)
-        dataset = ld(record["data"]["source"])
-        if dataset.target is not None:
-            target = dataset.target
-
-            def evaluator(model: Any) -> dict[str, Any]:
-                return evaluate_model(model, target, n=5000, generator=torch.Generator().manual_seed(0), summary=True)
-
-        steps = given.get("steps")
-        config = TrainConfig(steps=steps) if steps else None  # type: ignore[assignment]
-        if config is not None:
-            config.progress = args.progress
+        if options or set(given) - {"steps"}:
+            raise CLIError("--resume continues a run with its saved options; only --steps may be given")
+        record, _ = load_checkpoint(out)
+        if record["family"] != family.family:
+            raise CLIError(f"{out} holds a {record['family']} run, not {family.family}")
+        dataset = load_data(record["data"]["source"])
+        config = TrainConfig(steps=given["steps"], progress=args.progress) if "steps" in given else None
+        seed = int(record["train_config"].get("seed", 0))
+    else:
+        if (out / "checkpoint.json").exists():
+            raise CLIError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        dataset = load_data(args.data)
+        config = TrainConfig(**{**family.train_defaults, **given, "progress": args.progress})
+        seed = config.seed
+    evaluator = _target_evaluator(dataset.target, seed) if dataset.target is not None else None
     result = train(family.family, dataset, config, out=out, resume=args.resume, options=options, evaluate=evaluator)
     print(f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}")
 

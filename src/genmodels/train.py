@@ -106,7 +106,7 @@ def standardize_from(model: Model, data: Dataset, seed: int, n: int = 10_000) ->
 
 def train(
     model: Model | str,
-    data: Dataset | str,
+    data: Dataset | str | None,
     config: TrainConfig | None = None,
     *,
     out: str | Path | None = None,
