@@ -150,7 +150,11 @@ def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
 
     family = get_family(argv_family)
     options = {f.name: getattr(args, f.name) for f in fields(family.Config) if hasattr(args, f.name)}
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    given = {
+        f.name: getattr(args, f.name)
+        for f in fields(TrainConfig)
+        if hasattr(args, f.name) and f.name != "progress"
+    }
     out = Path(args.out) if args.out else Path("runs") / f"{family.family}-{Path(args.data).stem}"
     if args.resume:
         if options or set(given) - {"steps"}:

@@ -72,7 +72,5 @@ def get_target(name: str) -> Target:
     try:
         factory = TARGETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown target {name!r}; choose one of {', '.join(TARGETS)}"
-        ) from None
+        raise ValueError(f"unknown target {name!r}; choose one of {', '.join(TARGETS)}") from None
     return factory()
