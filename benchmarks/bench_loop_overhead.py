@@ -61,8 +61,10 @@ def main() -> None:
         print(f"repeat {r}: bare {bare[-1]:.1f} steps/s, genmodels {ours[-1]:.1f} steps/s", flush=True)
     b, o = statistics.median(bare), statistics.median(ours)
     print()
-    print(f"date {date.today()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"date {date.today()}, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| loop | steps/s (median) |")
     print("|---|---|")
     print(f"| bare PyTorch | {b:.1f} |")

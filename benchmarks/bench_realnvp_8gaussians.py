@@ -32,19 +32,61 @@ def main() -> None:
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             run = Path(tmp) / "run"
-            cmd = [sys.executable, "-m", "genmodels", "train", "realnvp", "--data", "8gaussians",
-                   "--out", str(run), "--seed", str(seed), "--no-progress"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "genmodels",
+                "train",
+                "realnvp",
+                "--data",
+                "8gaussians",
+                "--out",
+                str(run),
+                "--seed",
+                str(seed),
+                "--no-progress",
+            ]
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
             seconds = time.perf_counter() - t0
-            ev = subprocess.run([sys.executable, "-m", "genmodels", "evaluate", str(run), "--json",
-                                 "--n", "50000", "--seed", "123"], check=True, capture_output=True, text=True)
+            ev = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "genmodels",
+                    "evaluate",
+                    str(run),
+                    "--json",
+                    "--n",
+                    "50000",
+                    "--seed",
+                    "123",
+                ],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             result = json.loads(ev.stdout)
-            rows.append((seed, seconds, result["kl"], result["kl_stderr"], result["kl_kind"], result["step"]))
-            print(f"seed {seed}: {seconds:.1f} s, KL {result['kl']:.4f} ± {result['kl_stderr']:.4f} "
-                  f"({result['kl_kind']}), {result['step']} steps", flush=True)
+            rows.append(
+                (
+                    seed,
+                    seconds,
+                    result["kl"],
+                    result["kl_stderr"],
+                    result["kl_kind"],
+                    result["step"],
+                )
+            )
+            print(
+                f"seed {seed}: {seconds:.1f} s, KL {result['kl']:.4f} ± {result['kl_stderr']:.4f} "
+                f"({result['kl_kind']}), {result['step']} steps",
+                flush=True,
+            )
     print()
-    print(f"date {date.today()}, {platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"date {date.today()}, {platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
     print("| seed | wall time (s) | steps | KL to truth (nats) | kind |")
     print("|---|---|---|---|---|")
     for seed, s, kl, se, kind, steps in rows:

@@ -31,7 +31,17 @@ def test_train_sample_log_prob_evaluate_on_a_target(tmp_path: Path, capsys) -> N
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (123, 2)
 
     np.save(tmp_path / "pts.npy", np.zeros((7, 2), dtype=np.float32))
-    code, out, _ = run(["log-prob", str(run_dir), "--data", str(tmp_path / "pts.npy"), "--out", str(tmp_path / "lp.npy")], capsys)
+    code, out, _ = run(
+        [
+            "log-prob",
+            str(run_dir),
+            "--data",
+            str(tmp_path / "pts.npy"),
+            "--out",
+            str(tmp_path / "lp.npy"),
+        ],
+        capsys,
+    )
     assert code == 0 and "(exact)" in out
     assert np.load(tmp_path / "lp.npy").shape == (7,)
 
@@ -41,7 +51,10 @@ def test_train_sample_log_prob_evaluate_on_a_target(tmp_path: Path, capsys) -> N
     assert result["family"] == "realnvp" and result["kl_kind"] == "exact" and result["n_modes"] == 8
 
     # Resume with more steps continues the same run.
-    code, out, err = run(["train", "realnvp", "--out", str(run_dir), "--resume", "--steps", "80", "--no-progress"], capsys)
+    code, out, err = run(
+        ["train", "realnvp", "--out", str(run_dir), "--resume", "--steps", "80", "--no-progress"],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((run_dir / "checkpoint.json").read_text())["step"] == 80
 
@@ -51,7 +64,10 @@ def test_the_same_commands_work_on_a_user_npy_file(tmp_path: Path, capsys) -> No
     data = rng.normal(size=(500, 3)) * [1.0, 10.0, 0.1] + [5.0, -3.0, 0.0]
     np.save(tmp_path / "mine.npy", data)
     run_dir = tmp_path / "run"
-    code, _, err = run(["train", "realnvp", "--data", str(tmp_path / "mine.npy"), "--out", str(run_dir), *TINY], capsys)
+    code, _, err = run(
+        ["train", "realnvp", "--data", str(tmp_path / "mine.npy"), "--out", str(run_dir), *TINY],
+        capsys,
+    )
     assert code == 0, err
     code, _, _ = run(["sample", str(run_dir), "--n", "50", "--out", str(tmp_path / "s.npy")], capsys)
     assert code == 0 and np.load(tmp_path / "s.npy").shape == (50, 3)
@@ -64,7 +80,10 @@ def test_the_same_commands_work_on_a_user_npy_file(tmp_path: Path, capsys) -> No
     ("args", "message"),
     [
         (["train", "nosuch"], "unknown family 'nosuch'; choose one of: realnvp"),
-        (["train", "realnvp", "--data", "nosuch", "--no-progress"], "unknown dataset 'nosuch'.*8gaussians"),
+        (
+            ["train", "realnvp", "--data", "nosuch", "--no-progress"],
+            "unknown dataset 'nosuch'.*8gaussians",
+        ),
         (["train", "realnvp", "--bogus", "3"], "unrecognized arguments: --bogus"),
         (["train", "realnvp", "--schedule", "wavy"], "invalid choice: 'wavy'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
@@ -72,7 +91,7 @@ def test_the_same_commands_work_on_a_user_npy_file(tmp_path: Path, capsys) -> No
     ],
 )
 def test_errors_are_one_line_with_choices(args: list[str], message: str, capsys) -> None:
-    code, out, err = run(args, capsys)
+    code, _out, err = run(args, capsys)
     assert code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1, err
@@ -81,7 +100,10 @@ def test_errors_are_one_line_with_choices(args: list[str], message: str, capsys)
 
 def test_bad_user_file_is_a_clear_error(tmp_path: Path, capsys) -> None:
     np.save(tmp_path / "bad.npy", np.array([[1.0, np.nan]]))
-    code, _, err = run(["train", "realnvp", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "r")], capsys)
+    code, _, err = run(
+        ["train", "realnvp", "--data", str(tmp_path / "bad.npy"), "--out", str(tmp_path / "r")],
+        capsys,
+    )
     assert code == 2 and "NaN" in err and "Traceback" not in err
 
 
@@ -100,6 +122,9 @@ def test_datasets_lists_targets_with_entropy(capsys) -> None:
 
 def test_console_script_is_installed(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "genmodels", "train", "nosuch"], capture_output=True, text=True, cwd=tmp_path
+        [sys.executable, "-m", "genmodels", "train", "nosuch"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2 and "choose one of: realnvp" in proc.stderr

@@ -145,8 +145,7 @@ def test_closed_form_masses_match_quadrature() -> None:
 
     def log_prob(x: torch.Tensor) -> torch.Tensor:
         parts = [
-            math.log(w) + gauss_log_prob(tuple(m), s)(x)
-            for m, s, w in zip(means, stds, weights, strict=True)
+            math.log(w) + gauss_log_prob(tuple(m), s)(x) for m, s, w in zip(means, stds, weights, strict=True)
         ]
         return torch.logsumexp(torch.stack(parts), dim=0)
 

@@ -61,14 +61,23 @@ def test_images_are_flattened_with_their_shape(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("make", "message"),
     [
-        (lambda p: np.save(p / "d.npy", np.zeros(5)), r"expected shape \(n, d\) or \(n, h, w\).*got shape \(5,\)"),
+        (
+            lambda p: np.save(p / "d.npy", np.zeros(5)),
+            r"expected shape \(n, d\) or \(n, h, w\).*got shape \(5,\)",
+        ),
         (lambda p: np.save(p / "d.npy", np.zeros((0, 2))), "the data is empty"),
-        (lambda p: np.save(p / "d.npy", np.array([[1.0, np.nan], [np.inf, 0.0]])), "1 NaN and 1 inf values in 2 rows"),
+        (
+            lambda p: np.save(p / "d.npy", np.array([[1.0, np.nan], [np.inf, 0.0]])),
+            "1 NaN and 1 inf values in 2 rows",
+        ),
         (lambda p: (p / "d.npy").write_bytes(b"garbage"), "unreadable .npy file"),
         (lambda p: np.save(p / "d.npy", np.array([["a", "b"]])), "expected numbers"),
         (lambda p: (p / "d.csv").write_text("1,2\n3\n"), "different numbers of columns"),
         (lambda p: (p / "d.csv").write_text(""), "the file is empty"),
-        (lambda p: (p / "d.csv").write_text("x,y\n1,2\n3,oops\n"), "non-numeric value on data row 2"),
+        (
+            lambda p: (p / "d.csv").write_text("x,y\n1,2\n3,oops\n"),
+            "non-numeric value on data row 2",
+        ),
         (lambda p: np.savez(p / "d.npz", a=np.zeros((3, 2)), b=np.ones((3, 2))), "several arrays"),
         (lambda p: (p / "d.txt").write_text("1 2"), "unsupported file type"),
     ],
@@ -88,7 +97,7 @@ def test_pickled_npy_is_refused(tmp_path: Path) -> None:
 
 
 def test_unknown_names_list_the_choices(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="8gaussians.*digits"):
+    with pytest.raises(DataError, match=r"8gaussians.*digits"):
         load_data("nonesuch")
     with pytest.raises(DataError, match="no such file"):
         load_data(str(tmp_path / "missing.npy"))

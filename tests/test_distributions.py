@@ -221,8 +221,7 @@ def test_gm_log_prob_and_score() -> None:
     gm = _random_gm(4)
     x = gm.sample(300, torch.Generator().manual_seed(4)).double()
     comps = [
-        stats.multivariate_normal(m, c)
-        for m, c in zip(gm.means.numpy(), gm.covariances.numpy(), strict=True)
+        stats.multivariate_normal(m, c) for m, c in zip(gm.means.numpy(), gm.covariances.numpy(), strict=True)
     ]
     dens = sum(w * c.pdf(x.numpy()) for w, c in zip(gm.weights.numpy(), comps, strict=True))
     np.testing.assert_allclose(gm.log_prob(x).numpy(), np.log(dens), rtol=1e-10)

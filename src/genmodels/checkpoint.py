@@ -76,7 +76,10 @@ def optimizer_to_tensors(
 
 
 def optimizer_from_tensors(
-    name: str, optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], record: dict[str, Any]
+    name: str,
+    optimizer: torch.optim.Optimizer,
+    tensors: dict[str, torch.Tensor],
+    record: dict[str, Any],
 ) -> None:
     """Inverse of :func:`optimizer_to_tensors`: load the state into ``optimizer``."""
     state: dict[int, dict[str, Any]] = {}

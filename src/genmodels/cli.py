@@ -33,7 +33,9 @@ def _field_help(cls: type, name: str) -> str:
     return doc or ""
 
 
-def add_dataclass_options(parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()) -> list[str]:
+def add_dataclass_options(
+    parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()
+) -> list[str]:
     """Add ``--name`` for every field of dataclass ``cls``; returns the option names."""
     hints = _field_types(cls)
     names = []
@@ -95,8 +97,13 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npy file")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a sampler option of the family (repeatable)")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a sampler option of the family (repeatable)",
+    )
 
     p = sub.add_parser("log-prob", help="log-density of data under a trained run")
     p.add_argument("run", metavar="DIR")
@@ -128,7 +135,10 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     print(f"{'name':<14}{'dim':>4}{'entropy (nats)':>17}  notes")
     for name, make in TARGETS.items():
         target = make()
-        print(f"{name:<14}{target.dim:>4}{target.entropy():>17.3f}  {type(target).__name__}", flush=True)
+        print(
+            f"{name:<14}{target.dim:>4}{target.entropy():>17.3f}  {type(target).__name__}",
+            flush=True,
+        )
     print(f"{'digits':<14}{64:>4}{'—':>17}  sklearn 8×8 digits, 17 levels, 1437/360 split")
 
 
@@ -172,8 +182,18 @@ def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
         config = TrainConfig(**{**family.train_defaults, **given, "progress": args.progress})
         seed = config.seed
     evaluator = _target_evaluator(dataset.target, seed) if dataset.target is not None else None
-    result = train(family.family, dataset, config, out=out, resume=args.resume, options=options, evaluate=evaluator)
-    print(f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}")
+    result = train(
+        family.family,
+        dataset,
+        config,
+        out=out,
+        resume=args.resume,
+        options=options,
+        evaluate=evaluator,
+    )
+    print(
+        f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}"
+    )
 
 
 def _sample_options(family: type, pairs: list[str]) -> dict[str, Any]:
@@ -217,7 +237,10 @@ def cmd_log_prob(args: argparse.Namespace) -> None:
     with torch.no_grad():
         ld = model.log_prob(data.to(model.device))
     _save_npy(args.out, ld.values.cpu().numpy())
-    print(f"wrote {ld.values.shape[0]} log-densities ({ld.kind}) to {args.out}; mean {float(ld.values.mean()):.4f} nats")
+    print(
+        f"wrote {ld.values.shape[0]} log-densities ({ld.kind}) to {args.out}; "
+        f"mean {float(ld.values.mean()):.4f} nats"
+    )
 
 
 def _points(dataset: Any, n: int) -> torch.Tensor:
@@ -250,7 +273,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if model.has_log_prob:
             mean, se, kind = heldout_nll(model, data)
             result.update({"nll": mean, "nll_stderr": se, "nll_kind": kind})
-        samples = model.sample(min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed))
+        samples = model.sample(
+            min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed)
+        )
         result["energy_distance"] = float(energy_distance(samples.cpu(), data[:5000]))
     result = {"family": model.family, "step": record["step"], **result}
     if args.json:
@@ -266,12 +291,19 @@ def cmd_tour(args: argparse.Namespace) -> None:
     families = args.families.split(",") if args.families else list(FAMILIES)
     for name in families:
         get_family(name)
-    run_tour(Path(args.out), data=args.data, families=families, seed=args.seed, steps_scale=args.steps_scale)
+    run_tour(
+        Path(args.out),
+        data=args.data,
+        families=families,
+        seed=args.seed,
+        steps_scale=args.steps_scale,
+    )
 
 
 def _save_npy(path: str, array: np.ndarray) -> None:
-    from genmodels.checkpoint import atomic_write_bytes
     import io
+
+    from genmodels.checkpoint import atomic_write_bytes
 
     if not path.endswith(".npy"):
         raise CLIError(f"--out must be a .npy file, got {path!r}")
@@ -300,7 +332,14 @@ def main(argv: list[str] | None = None) -> int:
             cmd_evaluate(args)
         elif args.command == "tour":
             cmd_tour(args)
-    except (CLIError, DataError, CheckpointError, NotSupportedError, TrainingDiverged, ValueError) as err:
+    except (
+        CLIError,
+        DataError,
+        CheckpointError,
+        NotSupportedError,
+        TrainingDiverged,
+        ValueError,
+    ) as err:
         print(f"genmodels: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -437,9 +437,9 @@ def kl_grid_null_mean(p_masses: ArrayLike, n: int, alpha: float = 0.5) -> float:
         k = torch.where(valid, k, torch.zeros_like(k))
         lp = torch.from_numpy(np.log(pp))[:, None]
         lq = torch.from_numpy(np.log1p(-pp))[:, None]
-        log_pmf = (
-            math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1) + k * lp
-        ) + torch.where(k < n, (n - k) * lq, torch.zeros_like(k))
+        log_pmf = (math.lgamma(n + 1) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1) + k * lp) + torch.where(
+            k < n, (n - k) * lq, torch.zeros_like(k)
+        )
         pmf = torch.where(valid, torch.exp(log_pmf), torch.zeros_like(k))
         pmf = pmf / pmf.sum(dim=1, keepdim=True)
         expected_log[s : s + step] = (pmf * torch.log(k + alpha)).sum(dim=1).numpy()

@@ -214,9 +214,7 @@ def kl_to_truth(
         method = "log_prob" if model.has_log_prob else "grid"
     if method == "log_prob":
         if not model.has_log_prob:
-            raise NotSupportedError(
-                f"{type(model).__name__} has no log-density (has_log_prob=False)"
-            )
+            raise NotSupportedError(f"{type(model).__name__} has no log-density (has_log_prob=False)")
         return _kl_log_prob(model, target, n, g, chunk)
     if method != "grid":
         raise ValueError(f"unknown method {method!r}; choose auto, log_prob or grid")
@@ -389,9 +387,7 @@ def mode_metrics(
     )
 
 
-def target_mode_metrics(
-    samples: torch.Tensor, target: Target, n_sigma: float = HQ_SIGMAS
-) -> ModeMetrics:
+def target_mode_metrics(samples: torch.Tensor, target: Target, n_sigma: float = HQ_SIGMAS) -> ModeMetrics:
     """:func:`mode_metrics` with the target's ``mode_centers`` and ``mode_std``."""
     if target.mode_centers is None or target.mode_std is None:
         raise ValueError(f"target {target.name!r} declares no mode_centers / mode_std")
@@ -533,9 +529,7 @@ def evaluate_model(
         out["kl_details"] = dict(kl.details)
     if target.mode_centers is not None and target.mode_std is not None:
         mm = target_mode_metrics(samples[:mode_n], target)
-        out.update(
-            modes=mm.modes, n_modes=mm.n_modes, hq_fraction=mm.hq_fraction, reverse_kl=mm.reverse_kl
-        )
+        out.update(modes=mm.modes, n_modes=mm.n_modes, hq_fraction=mm.hq_fraction, reverse_kl=mm.reverse_kl)
         if not summary:
             out["hq_counts"] = list(mm.hq_counts)
     ref = target.sample(min(energy_n, samples.shape[0]), generator=g)

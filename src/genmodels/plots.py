@@ -46,8 +46,9 @@ def plot_model(
     title: str = "",
     resolution: int = 160,
 ) -> Path:
-    """Three panels: the target's exact density, the model's density (or a histogram of
-    its samples when it has none), and the model's samples over the target's density."""
+    """Three panels: the target's exact density, the model's density on the same colour
+    scale (or a histogram of its samples when it has none), and the model's samples over
+    the target's density contours."""
     plt = _pyplot()
     box = target.box
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.8))
@@ -56,7 +57,8 @@ def plot_model(
     axes[0].set_title(f"truth: {target.name}")
     if model.has_log_prob:
         _, _, q = density_on_grid(lambda x: model.log_prob(x.to(model.device)).values.cpu(), box, resolution)
-        axes[1].imshow(q, origin="lower", extent=(*box, *box), cmap="Reds")
+        # The truth's colour scale, so that equal colours mean equal densities.
+        axes[1].imshow(q, origin="lower", extent=(*box, *box), cmap="Reds", vmin=0.0, vmax=float(p.max()))
         axes[1].set_title(f"{model.family}: density")
     else:
         s = samples.cpu().numpy()

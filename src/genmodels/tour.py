@@ -50,13 +50,24 @@ def run_tour(
         result = train(name, dataset, config, out=out / "runs" / name)
         seconds = time.perf_counter() - t0
         model = result.model
-        metrics = evaluate_model(model, target, n=20_000, generator=torch.Generator().manual_seed(seed), summary=True)
+        metrics = evaluate_model(
+            model, target, n=20_000, generator=torch.Generator().manual_seed(seed), summary=True
+        )
         samples = model.sample(5000, generator=torch.Generator(device=model.device).manual_seed(seed + 7))
         picture = plot_model(
-            target, model, samples, out / f"{name}.png",
+            target,
+            model,
+            samples,
+            out / f"{name}.png",
             title=f"{name} on {data}: KL {metrics['kl']:.3f} nats ({metrics['kl_kind']}), {steps} steps",
         )
-        row = {"family": name, "steps": steps, "train_seconds": seconds, "picture": picture.name, **metrics}
+        row = {
+            "family": name,
+            "steps": steps,
+            "train_seconds": seconds,
+            "picture": picture.name,
+            **metrics,
+        }
         rows.append(row)
     table = format_table(rows, data, target.entropy())
     (out / "results.md").write_text(table)

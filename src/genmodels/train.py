@@ -173,8 +173,7 @@ def train(
             return
         if not _finite_weights(model):
             raise TrainingDiverged(
-                f"the weights became NaN or infinite by step {step}; "
-                f"{_kept(out_dir)} Try a lower --lr."
+                f"the weights became NaN or infinite by step {step}; {_kept(out_dir)} Try a lower --lr."
             )
         state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
         opt_records = {}
@@ -190,7 +189,10 @@ def train(
                 "train_config": asdict(config),
                 "data": dataset.describe(),
                 "step": step,
-                "rng": {"data": ckpt.encode_rng(data_gen.get_state()), "model": ckpt.encode_rng(model_gen.get_state())},
+                "rng": {
+                    "data": ckpt.encode_rng(data_gen.get_state()),
+                    "model": ckpt.encode_rng(model_gen.get_state()),
+                },
                 "optimizers": opt_records,
                 "metrics": metrics or {},
             },
@@ -204,8 +206,12 @@ def train(
     t_start = time.perf_counter()
     t_window = t_start
     bar = tqdm(
-        total=config.steps, initial=start, disable=not config.progress, desc=model.family,
-        unit="step", dynamic_ncols=True,
+        total=config.steps,
+        initial=start,
+        disable=not config.progress,
+        desc=model.family,
+        unit="step",
+        dynamic_ncols=True,
     )
     step = start
     model.train()
@@ -234,10 +240,16 @@ def train(
                 entry["steps_per_second"] = count / max(now - t_window, 1e-9)
                 history.append(entry)
                 _append_log(out_dir, entry)
-                bar.set_postfix(loss=f"{entry.get('loss', float('nan')):.4f}", refresh=False)
+                shown = {k: f"{entry[k]:.4f}" for k in ("loss", "nll") if k in entry}
+                bar.set_postfix(shown, refresh=False)
                 running, count, t_window = {}, 0, now
             bar.update(1)
-            if evaluate is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            if (
+                evaluate is not None
+                and config.eval_every
+                and step % config.eval_every == 0
+                and step < config.steps
+            ):
                 metrics = _run_eval(model, evaluate, step, bar)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 save(step, metrics)
@@ -338,7 +350,8 @@ def _truncate_log(out_dir: Path | None, step: int) -> None:
     if out_dir is None or not (out_dir / LOG).exists():
         return
     kept = [
-        line for line in (out_dir / LOG).read_text().splitlines()
+        line
+        for line in (out_dir / LOG).read_text().splitlines()
         if line.strip() and json.loads(line).get("step", 0) <= step
     ]
     ckpt.atomic_write_bytes(out_dir / LOG, ("\n".join(kept) + "\n" if kept else "").encode())

@@ -6,6 +6,6 @@ the run's data generator, whose state the checkpoints keep), so a resumed run se
 the batches an uninterrupted run would have seen.
 """
 
-from genmodels.data.dataset import Dataset, DataError, load_data, load_file
+from genmodels.data.dataset import DataError, Dataset, load_data, load_file
 
 __all__ = ["DataError", "Dataset", "load_data", "load_file"]

@@ -144,9 +144,7 @@ def load_file(path: str | Path) -> Dataset:
         image_shape = (int(array.shape[1]), int(array.shape[2]))
         array = array.reshape(array.shape[0], -1)
     x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return Dataset(
-        name=path.stem, dim=int(x.shape[1]), train=x, image_shape=image_shape, source=str(path)
-    )
+    return Dataset(name=path.stem, dim=int(x.shape[1]), train=x, image_shape=image_shape, source=str(path))
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -219,9 +217,7 @@ def validate_array(array: np.ndarray, where: str) -> np.ndarray:
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{where}: expected numbers, got dtype {array.dtype}")
     if array.ndim not in (2, 3):
-        raise DataError(
-            f"{where}: expected shape (n, d) or (n, h, w) images, got shape {tuple(array.shape)}"
-        )
+        raise DataError(f"{where}: expected shape (n, d) or (n, h, w) images, got shape {tuple(array.shape)}")
     if array.shape[0] == 0 or array[0].size == 0:
         raise DataError(f"{where}: the data is empty (shape {tuple(array.shape)})")
     finite = np.isfinite(array)

@@ -61,9 +61,7 @@ class Target(ABC):
         return f"{type(self).__name__}(name={self.name!r}, dim={self.dim})"
 
 
-def entropy_monte_carlo(
-    target: Target, n: int = 200_000, seed: int = 0, chunk: int = 20_000
-) -> float:
+def entropy_monte_carlo(target: Target, n: int = 200_000, seed: int = 0, chunk: int = 20_000) -> float:
     """H(p) ≈ -(1/n) Σ log p(x_i), x_i ~ p, with a fixed seed (deterministic)."""
     g = torch.Generator().manual_seed(seed)
     total = 0.0

@@ -86,13 +86,10 @@ class GaussianMixture(Target):
                 s = s[:, None].expand(K, d)
             elif s.ndim == 2:
                 if tuple(s.shape) != (K, d):
-                    raise ValueError(
-                        f"diagonal stds must have shape {(K, d)}, got {tuple(s.shape)}"
-                    )
+                    raise ValueError(f"diagonal stds must have shape {(K, d)}, got {tuple(s.shape)}")
             else:
                 raise ValueError(
-                    "stds must be a float, (K,) or (K, d); pass full (K, d, d) matrices as "
-                    "covariances="
+                    "stds must be a float, (K,) or (K, d); pass full (K, d, d) matrices as covariances="
                 )
             if not bool((s > 0).all()):
                 raise ValueError("stds must be positive")
@@ -217,9 +214,7 @@ class GaussianMixture(Target):
         Computed in float64 and returned in the dtype of ``x`` (differentiable).
         """
         x64 = x.to(torch.float64)
-        out = [
-            torch.logsumexp(self._joint_and_grads(xc)[0], dim=1) for xc in x64.split(self._chunk())
-        ]
+        out = [torch.logsumexp(self._joint_and_grads(xc)[0], dim=1) for xc in x64.split(self._chunk())]
         return torch.cat(out).to(x.dtype) if out else x.new_zeros(0)
 
     def _score64(self, x64: torch.Tensor, extra_var: torch.Tensor | float = 0.0) -> torch.Tensor:
@@ -259,14 +254,8 @@ class GaussianMixture(Target):
         if sigma < 0 or scale == 0:
             raise ValueError("need sigma >= 0 and scale != 0")
         var = scale**2 * self._var + sigma**2
-        name = (
-            f"{self.name}*N(0,{sigma:g}^2)"
-            if scale == 1.0
-            else f"{self.name}*({scale:g},{sigma:g})"
-        )
-        return GaussianMixture._from_parts(
-            scale * self._means, var, self._eigvecs, self._log_w.clone(), name
-        )
+        name = f"{self.name}*N(0,{sigma:g}^2)" if scale == 1.0 else f"{self.name}*({scale:g},{sigma:g})"
+        return GaussianMixture._from_parts(scale * self._means, var, self._eigvecs, self._log_w.clone(), name)
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
         """Exact denoiser D(x, σ) = E[x₀ | x₀ + σ ε = x] = x + σ² ∇ log p_σ(x) (Tweedie).

@@ -114,9 +114,7 @@ class _Toy2D(Target):
         """Differential entropy -∫ p log p (nats) by :func:`grid_entropy` on ``box``; cached."""
         cached = getattr(self, "_entropy_cache", None)
         if cached is None:
-            cached, _ = grid_entropy(
-                self.log_prob, self.box, self._entropy_cell, self._entropy_order
-            )
+            cached, _ = grid_entropy(self.log_prob, self.box, self._entropy_cell, self._entropy_order)
             self._entropy_cache = cached
         return cached
 
@@ -133,9 +131,7 @@ def eight_gaussians() -> GaussianMixture:
     2.829) and isotropic std 0.5/1.414 = 0.3536. Box [-5, 5]².
     """
     r = 1.0 / math.sqrt(2.0)
-    c = torch.tensor(
-        [(1, 0), (-1, 0), (0, 1), (0, -1), (r, r), (r, -r), (-r, r), (-r, -r)], dtype=_F64
-    )
+    c = torch.tensor([(1, 0), (-1, 0), (0, 1), (0, -1), (r, r), (r, -r), (-r, r), (-r, -r)], dtype=_F64)
     return GaussianMixture(4.0 * c / 1.414, 0.5 / 1.414, name="8gaussians", box=(-5.0, 5.0))
 
 
@@ -245,11 +241,7 @@ class ConcentricRings(_Toy2D):
     ) -> None:
         self.radii = torch.tensor(radii, dtype=_F64)
         k = self.radii.shape[0]
-        w = (
-            torch.full((k,), 1.0 / k, dtype=_F64)
-            if weights is None
-            else torch.tensor(weights, dtype=_F64)
-        )
+        w = torch.full((k,), 1.0 / k, dtype=_F64) if weights is None else torch.tensor(weights, dtype=_F64)
         self.log_weights = (w / w.sum()).log()
         self.noise_std = float(noise_std)
         self.name = name
@@ -353,9 +345,7 @@ class CurveTarget(_Toy2D):
         """List of (log w_b, σ_b, curve c_b: t (m,) → (m, 2), log q_b: t (m,) → (m,), t₀, t₁)."""
         raise NotImplementedError
 
-    def _log_kernel_1d(
-        self, y: torch.Tensor, want_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _log_kernel_1d(self, y: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """log k₁(y) and d/dy log k₁(y), elementwise. Default N(0, s²)."""
         s2 = self.noise_std**2
         lk = -y.square() / (2 * s2) - 0.5 * math.log(2 * math.pi * s2)
@@ -444,9 +434,7 @@ class CurveTarget(_Toy2D):
         grad = torch.stack([(post * g0).sum(1), (post * g1).sum(1)], 1)
         return lp, torch.zeros(B, 2, dtype=_F64).index_add(0, pt, grad)
 
-    def _eval_gaussian(
-        self, xs: torch.Tensor, want_score: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _eval_gaussian(self, xs: torch.Tensor, want_score: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Isotropic Gaussian noise: node j is N(σ_b c_j, s² I) in x-space, and
         |x - σ_b c_j|² = |x|² - 2 x·σ_b c_j + |c_j|² for all (point, node) pairs is one
         matrix product; the score is (Σ_j π_j σ_b c_j - x)/s²."""
@@ -582,9 +570,7 @@ class TwoSpirals(CurveTarget):
         half = math.log(0.5)
         return [(half, 1.0, self._curve, lq, 0.0, top), (half, -1.0, self._curve, lq, 0.0, top)]
 
-    def _log_kernel_1d(
-        self, y: torch.Tensor, want_grad: bool
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _log_kernel_1d(self, y: torch.Tensor, want_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """k₁(y) = (1/b)[Φ(y/s) - Φ((y-b)/s)]: U[0, b] convolved with N(0, s²).
 
         k₁ is symmetric about b/2, so with w = min(y, b - y) ≤ b/2 the difference is
@@ -710,11 +696,7 @@ class Pinwheel(_Toy2D):
         return self.n_arms / (2 * math.pi) * (beta - theta - self.rate * torch.exp(r * beta.cos()))
 
     def _G_beta(self, beta: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return (
-            self.n_arms
-            / (2 * math.pi)
-            * (1 + self.rate * torch.exp(r * beta.cos()) * r * beta.sin())
-        )
+        return self.n_arms / (2 * math.pi) * (1 + self.rate * torch.exp(r * beta.cos()) * r * beta.sin())
 
     def _breakpoints(self, r: torch.Tensor) -> torch.Tensor:
         """Sorted angles ``(B, n_grid + 3)`` on [-π, π] between which G is monotone.

@@ -49,4 +49,12 @@ def build_model(name: str, dim: int, options: dict[str, Any] | None = None, seed
         return family(dim, config)
 
 
-__all__ = ["FAMILIES", "Model", "ModelConfig", "NotSupportedError", "build_model", "get_family", "make_config"]
+__all__ = [
+    "FAMILIES",
+    "Model",
+    "ModelConfig",
+    "NotSupportedError",
+    "build_model",
+    "get_family",
+    "make_config",
+]

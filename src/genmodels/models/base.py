@@ -126,9 +126,7 @@ class Model(nn.Module):
         Raises :class:`NotSupportedError` for families without a density.
         """
         if not self.has_log_prob:
-            raise NotSupportedError(
-                f"the {self.family} family has no log-density; it can only be sampled"
-            )
+            raise NotSupportedError(f"the {self.family} family has no log-density; it can only be sampled")
         inner = self._log_prob(self.normalize(x.to(self.scale.dtype)))
         return LogDensity(inner.values - torch.log(self.scale).sum(), inner.kind)
 

@@ -138,7 +138,13 @@ class RealNVP(Model):
                 # Starts as the identity, so the masks' alternation holds at initialisation.
                 layers.append(LUInvertibleLinear(dim, torch.arange(dim)))
             layers.append(
-                AffineCoupling(((parity + i) % 2).float(), cfg.hidden, cfg.depth, cfg.activation, cfg.scale_clamp)
+                AffineCoupling(
+                    ((parity + i) % 2).float(),
+                    cfg.hidden,
+                    cfg.depth,
+                    cfg.activation,
+                    cfg.scale_clamp,
+                )
             )
         self.couplings = nn.ModuleList(layers)
 
@@ -165,8 +171,10 @@ class RealNVP(Model):
         return LogDensity(log_base + logdet, "exact")
 
     def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Maximum likelihood: the mean negative log-likelihood of the batch (nats, u-space)."""
-        return {"loss": -self._log_prob(u).values.mean()}
+        """Maximum likelihood: the mean negative log-likelihood of the batch in u-space;
+        ``nll`` is the same in data space (nats), comparable with the target's entropy."""
+        loss = -self._log_prob(u).values.mean()
+        return {"loss": loss, "nll": loss.detach() + torch.log(self.scale).sum()}
 
     def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
         """u = g(z), z ~ N(0, I)."""
