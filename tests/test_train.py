@@ -157,9 +157,11 @@ def test_bad_training_options_are_clear_errors() -> None:
         train("realnvp", "8gaussians", TrainConfig(steps=1, device="cuda", progress=False))
 
 
-def test_global_rng_is_untouched() -> None:
+def test_global_rng_is_untouched(tmp_path: Path) -> None:
     torch.manual_seed(123)
     expected = torch.rand(3)
     torch.manual_seed(123)
-    train("realnvp", "8gaussians", _config(steps=5), options=SMALL)
+    train("realnvp", "8gaussians", _config(steps=5), options=SMALL, out=tmp_path / "r")
+    train("realnvp", None, _config(steps=8), out=tmp_path / "r", resume=True)
+    load_run(tmp_path / "r")
     assert torch.equal(torch.rand(3), expected)

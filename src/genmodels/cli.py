@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
+import itertools
 import json
 import sys
+import textwrap
 import typing
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -28,16 +32,40 @@ def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=False)
 
 
-def _field_help(cls: type, name: str) -> str:
-    doc = getattr(cls, "__field_docs__", {}).get(name)
-    return doc or ""
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring written under each field of a dataclass (and of its bases)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in itertools.pairwise(body):
+            if (
+                isinstance(node, ast.AnnAssign)
+                and isinstance(node.target, ast.Name)
+                and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)
+            ):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def add_dataclass_options(
-    parser: argparse.ArgumentParser, cls: type, skip: set[str] = frozenset()
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    skip: frozenset[str] = frozenset(),
+    defaults: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Add ``--name`` for every field of dataclass ``cls``; returns the option names."""
+    """Add ``--name`` for every field of dataclass ``cls``; returns the option names.
+
+    ``defaults`` overrides the defaults shown in the help (a family's own training
+    defaults). Options not given on the command line stay out of the namespace.
+    """
     hints = _field_types(cls)
+    docs = field_docs(cls)
     names = []
     for f in fields(cls):
         if f.name in skip:
@@ -45,6 +73,7 @@ def add_dataclass_options(
         kind = hints[f.name]
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
+        default = (defaults or {}).get(f.name, default)
         kwargs: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS}
         if get_origin(kind) is Literal:
             kwargs["choices"] = list(get_args(kind))
@@ -56,7 +85,7 @@ def add_dataclass_options(
         else:  # Optional[...] and friends: parse as the first concrete argument
             concrete = [a for a in get_args(kind) if a is not type(None)]
             kwargs["type"] = concrete[0] if concrete else str
-        kwargs["help"] = f"(default: {default})"
+        kwargs["help"] = f"{docs.get(f.name, '')} (default: {default})".strip()
         parser.add_argument(flag, **kwargs)
         names.append(flag)
     return names
@@ -85,7 +114,8 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", default="8gaussians", help="built-in target, 'digits', or a .npy/.npz/.csv file")
     p.add_argument("--out", default=None, help="run directory (checkpoints, log); default runs/FAMILY-DATA")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_dataclass_options(p, TrainConfig, skip={"progress"})
+    train_defaults = FAMILIES[family].train_defaults if family in FAMILIES else {}
+    add_dataclass_options(p, TrainConfig, skip=frozenset({"progress"}), defaults=train_defaults)
     p.add_argument("--no-progress", dest="progress", action="store_false", default=True)
     if family in FAMILIES:
         group = p.add_argument_group(f"{family} options")

@@ -34,17 +34,23 @@ class TrainConfig:
     """Options of the training loop (the same for every family)."""
 
     steps: int = 5000
+    """optimisation steps in all (a family may set its own default)"""
     batch_size: int = 256
+    """examples per step"""
     lr: float = 1e-3
+    """peak learning rate"""
     schedule: Schedule = "cosine"
     """learning rate: "cosine" decays lr → 0 over ``steps``; "constant" keeps it"""
     seed: int = 0
+    """seeds the initial weights, the data stream and the model's own randomness"""
     device: str = "cpu"
+    """torch device: cpu, cuda, cuda:1, mps"""
     checkpoint_every: int = 1000
     """steps between checkpoints (with an output directory); one is always written at the end"""
     eval_every: int = 0
     """steps between evaluations (0: only at the end)"""
     log_every: int = 100
+    """steps between lines of metrics.jsonl (mean loss, lr, steps/s)"""
     progress: bool = True
 
     def validate(self) -> None:
@@ -283,7 +289,8 @@ def restore_model(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> M
         dim = int(record["data"]["dim"])
     except (KeyError, TypeError, ValueError) as err:
         raise ckpt.CheckpointError(f"checkpoint record is inconsistent: {err}") from None
-    model = family(dim, config)
+    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten below
+        model = family(dim, config)
     state = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     try:
         model.load_state_dict(state, strict=True)
