@@ -125,7 +125,9 @@ def train(
 
     With ``out``, checkpoints go to that directory every ``checkpoint_every`` steps and at
     the end; with ``resume=True`` the run continues from the checkpoint there (family,
-    options, data and RNG states come from the checkpoint; ``config.steps`` may be raised).
+    options, data and RNG states come from the checkpoint; ``config.steps`` may be raised,
+    and the learning-rate schedule then runs to the new total from the step resumed).
+    A model whose standardization was never set gets the data's mean and std first.
     ``evaluate(model)`` is called every ``eval_every`` steps and at the end. ``on_step`` is
     called after every step with (steps done, logged scalars).
 
@@ -156,7 +158,7 @@ def train(
         model = build_model(model, dataset.dim, options, seed=config.seed)
     if model.dim != dataset.dim:
         raise ValueError(f"the model is for dimension {model.dim} but the data has dimension {dataset.dim}")
-    if record is None:
+    if record is None and _unnormalized(model):
         standardize_from(model, dataset, config.seed)
     model.to(device)
     optimizers = model.configure_optimizers(config.lr)
@@ -320,6 +322,11 @@ def _run_eval(model: Model, evaluate: Evaluator, step: int, bar: Any) -> dict[st
 
 def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _unnormalized(model: Model) -> bool:
+    """True while the model still has the identity standardization it was built with."""
+    return bool((model.shift == 0).all() and (model.scale == 1).all())
 
 
 def _finite_weights(model: Model) -> bool:
