@@ -174,3 +174,14 @@ def test_a_new_family_is_one_class_and_one_table_line(tmp_path: Path, capsys, mo
     code, out, _ = run(["evaluate", str(run_dir), "--json", "--n", "4000"], capsys)
     result = json.loads(out)
     assert code == 0 and result["kl_method"] == "grid" and result["kl_kind"] == "estimate"
+
+
+def test_digits_report_bits_per_dim_with_the_dequantization(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    code, _, err = run(["train", "realnvp", "--data", "digits", "--out", str(run_dir), *TINY], capsys)
+    assert code == 0, err
+    code, out, _ = run(["evaluate", str(run_dir), "--json"], capsys)
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 360 and "u ~ U[0, 1)" in result["dequantization"]
+    expected = (result["nll"] + 64 * np.log(17)) / (64 * np.log(2))
+    assert result["bits_per_dim"] == pytest.approx(expected, rel=1e-12)

@@ -7,6 +7,7 @@ import ast
 import inspect
 import itertools
 import json
+import math
 import sys
 import textwrap
 import typing
@@ -303,6 +304,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if model.has_log_prob:
             mean, se, kind = heldout_nll(model, data)
             result.update({"nll": mean, "nll_stderr": se, "nll_kind": kind})
+            if dataset.levels is not None:  # benchmarks.md §4: bits/dim of the integer data
+                d, levels = dataset.dim, dataset.levels
+                result["bits_per_dim"] = (mean + d * math.log(levels)) / (d * math.log(2))
+                result["dequantization"] = f"uniform, y = (x + u) / {levels}, u ~ U[0, 1)^{d}, one draw"
         samples = model.sample(
             min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed)
         )
