@@ -1,0 +1,92 @@
+"""MCMC kernels over any torch log-density, BlackJAX-style: ``init`` + pure ``step``.
+
+    >>> import torch
+    >>> from genmodels.samplers import MALA, sample_chain
+    >>> kernel = MALA(step_size=0.5)
+    >>> state = kernel.init(torch.zeros(8, 2), lambda x: -0.5 * (x**2).sum(-1))
+    >>> draws, summary = sample_chain(kernel, state, 100, torch.Generator().manual_seed(0))
+    >>> draws.shape
+    torch.Size([100, 8, 2])
+
+Kernels: ``Langevin`` (unadjusted, tutorial §4), ``MALA`` (Roberts & Tweedie 1996),
+``HMC`` (Neal 2011). Adaptation: ``DualAveraging`` (Hoffman & Gelman 2014) and
+``run_warmup`` (Stan's windowed step-size and diagonal mass-matrix adaptation).
+Tempering (tutorial §4): ``ParallelTempering`` over the family π_β ∝ exp(β f) q.
+log Z: ``ais`` (annealed importance sampling, forward lower and reverse upper bounds).
+Diagnostics (Vehtari et al. 2021) take draws shaped (chains, draws[, dim]); the output of
+``sample_chain`` is (draws, chains, dim), so pass ``draws.transpose(0, 1)``.
+"""
+
+from genmodels.samplers.ais import LogZEstimate, ais, sigmoid_schedule
+from genmodels.samplers.base import (
+    ChainSummary,
+    DualAveraging,
+    DualAveragingState,
+    Info,
+    Kernel,
+    LogDensityFn,
+    State,
+    WarmupResult,
+    metropolis_accept,
+    run_warmup,
+    sample_chain,
+    value_and_grad,
+    warmup_windows,
+)
+from genmodels.samplers.diagnostics import (
+    ess,
+    ess_bulk,
+    ess_tail,
+    mcse_mean,
+    rank_normalized_rhat,
+    split_rhat,
+    summarize,
+    summary,
+)
+from genmodels.samplers.hmc import HMC, kinetic_energy, leapfrog
+from genmodels.samplers.langevin import MALA, Langevin, langevin_proposal
+from genmodels.samplers.tempering import (
+    ParallelTempering,
+    TemperingInfo,
+    TemperingState,
+    geometric_ladder,
+    tempered_f,
+)
+
+__all__ = [
+    "HMC",
+    "MALA",
+    "ChainSummary",
+    "DualAveraging",
+    "DualAveragingState",
+    "Info",
+    "Kernel",
+    "Langevin",
+    "LogDensityFn",
+    "LogZEstimate",
+    "ParallelTempering",
+    "State",
+    "TemperingInfo",
+    "TemperingState",
+    "WarmupResult",
+    "ais",
+    "ess",
+    "ess_bulk",
+    "ess_tail",
+    "geometric_ladder",
+    "kinetic_energy",
+    "langevin_proposal",
+    "leapfrog",
+    "mcse_mean",
+    "metropolis_accept",
+    "rank_normalized_rhat",
+    "run_warmup",
+    "sample_chain",
+    "sigmoid_schedule",
+    "split_rhat",
+    "summarize",
+    "summary",
+    "tempered_f",
+    "value_and_grad",
+    "warmup_windows",
+]
