@@ -18,6 +18,7 @@ Diagnostics (Vehtari et al. 2021) take draws shaped (chains, draws[, dim]); the 
 """
 
 from genmodels.samplers.ais import LogZEstimate, ais, sigmoid_schedule
+from genmodels.samplers.api import SampleResult, sample
 from genmodels.samplers.base import (
     ChainSummary,
     DualAveraging,
@@ -65,6 +66,7 @@ __all__ = [
     "LogDensityFn",
     "LogZEstimate",
     "ParallelTempering",
+    "SampleResult",
     "State",
     "TemperingInfo",
     "TemperingState",
@@ -81,6 +83,7 @@ __all__ = [
     "metropolis_accept",
     "rank_normalized_rhat",
     "run_warmup",
+    "sample",
     "sample_chain",
     "sigmoid_schedule",
     "split_rhat",

@@ -123,3 +123,18 @@ class MALA:
         log_ratio = torch.where(divergent, torch.full_like(log_ratio, -torch.inf), log_ratio)
         acceptance_rate, accept = metropolis_accept(log_ratio, generator)
         return select(accept, proposal, state), Info(acceptance_rate, accept, divergent, -log_ratio)
+
+
+def gradient_half_step(x: torch.Tensor, score: torch.Tensor, step_size: float) -> torch.Tensor:
+    """The tutorial's "squeezing" half of a Langevin step: x + (Δt/2) ∇ log π(x) (§4).
+
+    With x ~ π it changes E[h(x)] by −(Δt/2) E[h''(x)] + o(Δt) (integration by parts)."""
+    return x + 0.5 * step_size * score
+
+
+def noise_half_step(x: torch.Tensor, step_size: float, generator: torch.Generator) -> torch.Tensor:
+    """The tutorial's "diffusing" half of a Langevin step: x + √Δt e, e ~ N(0, I) (§4).
+
+    With x ~ π it changes E[h(x)] by +(Δt/2) E[h''(x)] + o(Δt) (second-order Taylor)."""
+    e = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return x + step_size**0.5 * e
