@@ -12,12 +12,14 @@ Kernels: ``Langevin`` (unadjusted, tutorial §4), ``MALA`` (Roberts & Tweedie 19
 ``HMC`` (Neal 2011). Adaptation: ``DualAveraging`` (Hoffman & Gelman 2014) and
 ``run_warmup`` (Stan's windowed step-size and diagonal mass-matrix adaptation).
 Tempering (tutorial §4): ``ParallelTempering`` over the family π_β ∝ exp(β f) q.
+Noise levels: ``annealed_langevin`` (NCSN, Song & Ermon 2019).
 log Z: ``ais`` (annealed importance sampling, forward lower and reverse upper bounds).
 Diagnostics (Vehtari et al. 2021) take draws shaped (chains, draws[, dim]); the output of
 ``sample_chain`` is (draws, chains, dim), so pass ``draws.transpose(0, 1)``.
 """
 
 from genmodels.samplers.ais import LogZEstimate, ais, sigmoid_schedule
+from genmodels.samplers.annealed import annealed_langevin, geometric_sigmas
 from genmodels.samplers.api import SampleResult, sample
 from genmodels.samplers.base import (
     ChainSummary,
@@ -72,10 +74,12 @@ __all__ = [
     "TemperingState",
     "WarmupResult",
     "ais",
+    "annealed_langevin",
     "ess",
     "ess_bulk",
     "ess_tail",
     "geometric_ladder",
+    "geometric_sigmas",
     "kinetic_energy",
     "langevin_proposal",
     "leapfrog",
