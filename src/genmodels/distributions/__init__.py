@@ -12,6 +12,15 @@ from collections.abc import Callable
 
 from genmodels.distributions.base import Target, entropy_monte_carlo
 from genmodels.distributions.gaussian_mixture import GaussianMixture
+from genmodels.distributions.mcmc_targets import (
+    Banana,
+    IllConditionedGaussian,
+    MomentTarget,
+    NealsFunnel,
+    Rosenbrock,
+    bias_squared,
+    steps_to_threshold,
+)
 from genmodels.distributions.toy import (
     Checkerboard,
     ConcentricRings,
@@ -30,15 +39,21 @@ from genmodels.distributions.toy import (
 
 __all__ = [
     "TARGETS",
+    "Banana",
     "Checkerboard",
     "ConcentricRings",
     "CurveTarget",
     "GaussianMixture",
+    "IllConditionedGaussian",
+    "MomentTarget",
     "Moons",
+    "NealsFunnel",
     "Pinwheel",
+    "Rosenbrock",
     "SwissRoll",
     "Target",
     "TwoSpirals",
+    "bias_squared",
     "circles",
     "eight_gaussians",
     "entropy_monte_carlo",
@@ -47,6 +62,7 @@ __all__ = [
     "grid_entropy",
     "ring8",
     "rings",
+    "steps_to_threshold",
 ]
 
 #: name → factory of every 2-D benchmark target (FFJORD toy suite, then PacGAN ring/grid).

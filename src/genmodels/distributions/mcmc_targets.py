@@ -129,7 +129,7 @@ class Banana(MomentTarget):
     def _score64(self, x: torch.Tensor) -> torch.Tensor:
         x0, x1 = x[:, 0], x[:, 1]
         r = x1 - self.curvature * (x0**2 - 100.0)
-        return torch.stack([-x0 / 100.0 - 2.0 * self.curvature * x0 * r, -r], dim=1)
+        return torch.stack([-x0 / 100.0 + 2.0 * self.curvature * x0 * r, -r], dim=1)
 
     def entropy(self) -> float:
         return 0.5 * (1.0 + _LOG_2PI + math.log(100.0)) + 0.5 * (1.0 + _LOG_2PI)
