@@ -31,98 +31,7 @@ from genmodels.samplers.base import (
     value_and_grad,
 )
 
-__all__ = ["MALA", "Langevin", "langevin_proposal"]
-
-
-def langevin_proposal(state: State, step_size: float, generator: torch.Generator) -> State:
-    """x' = x + (Δt/2) ∇ log π(x) + √Δt e, e ~ N(0, I) (tutorial §4), evaluated at x'.
-
-    Returns the State at x' (position (n, d), log π(x') (n,), ∇ log π(x') (n, d)).
-    """
-    x = state.position
-    e = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    x_new = x + 0.5 * step_size * state.grad + step_size**0.5 * e
-    value, grad = value_and_grad(state.log_density_fn, x_new)
-    return State(x_new, value, grad, state.log_density_fn)
-
-
-def _log_q(to: State, frm: State, step_size: float) -> torch.Tensor:
-    """log q(to | frm) = −|to − frm − (Δt/2) ∇ log π(frm)|² / (2 Δt), up to a constant; (n,)."""
-    mean = frm.position + 0.5 * step_size * frm.grad
-    return -((to.position - mean) ** 2).sum(-1) / (2.0 * step_size)
-
-
-def _finite(s: State) -> torch.Tensor:
-    """(n,) bool: log π and every component of ∇ log π are finite."""
-    return torch.isfinite(s.log_density) & torch.isfinite(s.grad).all(-1)
-
-
-@dataclass(frozen=True)
-class Langevin:
-    """Unadjusted Langevin algorithm: x ← x + (Δt/2) ∇ log π(x) + √Δt e (tutorial §4).
-
-    Every proposal is taken, so the chain is biased at finite Δt: on N(0, 1),
-    x' = (1 − Δt/2) x + √Δt e has stationary variance v = Δt / (1 − (1 − Δt/2)²)
-    = 1 / (1 − Δt/4) instead of 1. The one exception: a proposal where log π or its gradient
-    is not finite is refused (the chain stays) and flagged divergent.
-    """
-
-    step_size: float
-
-    def __post_init__(self) -> None:
-        if not self.step_size > 0:
-            raise ValueError(f"step_size must be positive, got {self.step_size}")
-
-    def init(self, position: torch.Tensor, log_density: LogDensityFn) -> State:
-        """State at ``position`` (n, d)."""
-        return init_state(position, log_density)
-
-    def step(self, state: State, generator: torch.Generator) -> tuple[State, Info]:
-        """One unadjusted Langevin move of every chain; ``acceptance_rate`` is 1 (0 if divergent)."""
-        generator = _check_generator(generator)
-        proposal = langevin_proposal(state, self.step_size, generator)
-        ok = _finite(proposal)
-        new_state = select(ok, proposal, state)
-        return new_state, Info(ok.to(state.position.dtype), ok, ~ok, None)
-
-
-@dataclass(frozen=True)
-class MALA:
-    """Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996).
-
-    Proposal x' ~ N(x + (Δt/2) ∇ log π(x), Δt I), accepted per chain with log-ratio
-
-        log r = log π(x') − log π(x) + log q(x | x') − log q(x' | x).
-
-    A non-finite log r (e.g. log π(x') = NaN) is a rejection and flagged divergent.
-    ``energy_error`` is −log r (the analogue of HMC's ΔH). The optimal acceptance rate in
-    high dimension is 0.574 (Roberts & Rosenthal 1998).
-    """
-
-    step_size: float
-
-    def __post_init__(self) -> None:
-        if not self.step_size > 0:
-            raise ValueError(f"step_size must be positive, got {self.step_size}")
-
-    def init(self, position: torch.Tensor, log_density: LogDensityFn) -> State:
-        """State at ``position`` (n, d)."""
-        return init_state(position, log_density)
-
-    def step(self, state: State, generator: torch.Generator) -> tuple[State, Info]:
-        """One MALA transition of every chain."""
-        generator = _check_generator(generator)
-        proposal = langevin_proposal(state, self.step_size, generator)
-        log_ratio = (
-            proposal.log_density
-            - state.log_density
-            + _log_q(state, proposal, self.step_size)
-            - _log_q(proposal, state, self.step_size)
-        )
-        divergent = ~torch.isfinite(log_ratio) | ~_finite(proposal)
-        log_ratio = torch.where(divergent, torch.full_like(log_ratio, -torch.inf), log_ratio)
-        acceptance_rate, accept = metropolis_accept(log_ratio, generator)
-        return select(accept, proposal, state), Info(acceptance_rate, accept, divergent, -log_ratio)
+__all__ = ["MALA", "Langevin", "gradient_half_step", "langevin_proposal", "noise_half_step"]
 
 
 def gradient_half_step(x: torch.Tensor, score: torch.Tensor, step_size: float) -> torch.Tensor:
@@ -138,3 +47,87 @@ def noise_half_step(x: torch.Tensor, step_size: float, generator: torch.Generato
     With x ~ π it changes E[h(x)] by +(Δt/2) E[h''(x)] + o(Δt) (second-order Taylor)."""
     e = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
     return x + step_size**0.5 * e
+
+
+def langevin_proposal(state: State, step_size: float, generator: torch.Generator) -> State:
+    """x' = x + (Δt/2) ∇ log π(x) + √Δt e, e ~ N(0, I) (tutorial §4), evaluated at x'.
+
+    Returns the State at x' (position (n, d), log π(x') (n,), ∇ log π(x') (n, d)).
+    """
+    x_new = noise_half_step(gradient_half_step(state.position, state.grad, step_size), step_size, generator)
+    value, grad = value_and_grad(state.log_density_fn, x_new)
+    return State(x_new, value, grad, state.log_density_fn)
+
+
+def _log_q(to: State, frm: State, step_size: float) -> torch.Tensor:
+    """log q(to | frm) = −|to − frm − (Δt/2) ∇ log π(frm)|² / (2 Δt), up to a constant; (n,)."""
+    mean = gradient_half_step(frm.position, frm.grad, step_size)
+    return -((to.position - mean) ** 2).sum(-1) / (2.0 * step_size)
+
+
+def _finite(s: State) -> torch.Tensor:
+    """(n,) bool: log π and every component of ∇ log π are finite."""
+    return torch.isfinite(s.log_density) & torch.isfinite(s.grad).all(-1)
+
+
+@dataclass(frozen=True)
+class _LangevinKernel:
+    """What Langevin and MALA share: a positive step size Δt and the initial state."""
+
+    step_size: float
+
+    def __post_init__(self) -> None:
+        if not self.step_size > 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size}")
+
+    def init(self, position: torch.Tensor, log_density: LogDensityFn) -> State:
+        """State at ``position`` (n, d)."""
+        return init_state(position, log_density)
+
+
+@dataclass(frozen=True)
+class Langevin(_LangevinKernel):
+    """Unadjusted Langevin algorithm: x ← x + (Δt/2) ∇ log π(x) + √Δt e (tutorial §4).
+
+    Every proposal is taken, so the chain is biased at finite Δt: on N(0, 1),
+    x' = (1 − Δt/2) x + √Δt e has stationary variance v = Δt / (1 − (1 − Δt/2)²)
+    = 1 / (1 − Δt/4) instead of 1. The one exception: a proposal where log π or its gradient
+    is not finite is refused (the chain stays) and flagged divergent.
+    """
+
+    def step(self, state: State, generator: torch.Generator) -> tuple[State, Info]:
+        """One unadjusted Langevin move of every chain; ``acceptance_rate`` is 1 (0 if divergent)."""
+        generator = _check_generator(generator)
+        proposal = langevin_proposal(state, self.step_size, generator)
+        ok = _finite(proposal)
+        new_state = select(ok, proposal, state)
+        return new_state, Info(ok.to(state.position.dtype), ok, ~ok, None)
+
+
+@dataclass(frozen=True)
+class MALA(_LangevinKernel):
+    """Metropolis-adjusted Langevin algorithm (Roberts & Tweedie 1996).
+
+    Proposal x' ~ N(x + (Δt/2) ∇ log π(x), Δt I), accepted per chain with log-ratio
+
+        log r = log π(x') − log π(x) + log q(x | x') − log q(x' | x).
+
+    A non-finite log r (e.g. log π(x') = NaN) is a rejection and flagged divergent.
+    ``energy_error`` is −log r (the analogue of HMC's ΔH). The optimal acceptance rate in
+    high dimension is 0.574 (Roberts & Rosenthal 1998).
+    """
+
+    def step(self, state: State, generator: torch.Generator) -> tuple[State, Info]:
+        """One MALA transition of every chain."""
+        generator = _check_generator(generator)
+        proposal = langevin_proposal(state, self.step_size, generator)
+        log_ratio = (
+            proposal.log_density
+            - state.log_density
+            + _log_q(state, proposal, self.step_size)
+            - _log_q(proposal, state, self.step_size)
+        )
+        divergent = ~torch.isfinite(log_ratio) | ~_finite(proposal)
+        log_ratio = torch.where(divergent, torch.full_like(log_ratio, -torch.inf), log_ratio)
+        acceptance_rate, accept = metropolis_accept(log_ratio, generator)
+        return select(accept, proposal, state), Info(acceptance_rate, accept, divergent, -log_ratio)
