@@ -54,7 +54,7 @@ def test_half_steps_cancel_at_equilibrium(h, h2) -> None:
 
 
 def test_sample_api_recovers_moments_with_each_kernel() -> None:
-    """`sample` with warm-up: HMC and MALA recover a correlated Gaussian's mean and variance."""
+    """`sample` with warm-up: HMC, ChEES-HMC and MALA recover a correlated Gaussian's mean and variance."""
     cov = torch.tensor([[1.0, 0.8], [0.8, 2.0]], dtype=torch.float64)
     prec = torch.linalg.inv(cov)
     mean = torch.tensor([1.0, -2.0], dtype=torch.float64)
@@ -63,7 +63,7 @@ def test_sample_api_recovers_moments_with_each_kernel() -> None:
         d = x - mean
         return -0.5 * ((d @ prec) * d).sum(-1)
 
-    for kernel in ("hmc", "mala"):
+    for kernel in ("hmc", "chees", "mala"):
         result = sample(
             log_density,
             torch.zeros(2, dtype=torch.float64),

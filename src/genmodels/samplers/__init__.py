@@ -9,7 +9,8 @@
     torch.Size([100, 8, 2])
 
 Kernels: ``Langevin`` (unadjusted, tutorial §4), ``MALA`` (Roberts & Tweedie 1996),
-``HMC`` (Neal 2011). Adaptation: ``DualAveraging`` (Hoffman & Gelman 2014) and
+``HMC`` (Neal 2011), ``ChEESHMC`` (Hoffman, Radul & Sountsov 2021). Adaptation:
+``DualAveraging`` (Hoffman & Gelman 2014) and
 ``run_warmup`` (Stan's windowed step-size and diagonal mass-matrix adaptation).
 Tempering (tutorial §4): ``ParallelTempering`` over the family π_β ∝ exp(β f) q.
 Noise levels: ``annealed_langevin`` (NCSN, Song & Ermon 2019).
@@ -36,6 +37,7 @@ from genmodels.samplers.base import (
     value_and_grad,
     warmup_windows,
 )
+from genmodels.samplers.chees import ChEESHMC, run_chees_warmup
 from genmodels.samplers.diagnostics import (
     ess,
     ess_bulk,
@@ -59,6 +61,7 @@ from genmodels.samplers.tempering import (
 __all__ = [
     "HMC",
     "MALA",
+    "ChEESHMC",
     "ChainSummary",
     "DualAveraging",
     "DualAveragingState",
@@ -86,6 +89,7 @@ __all__ = [
     "mcse_mean",
     "metropolis_accept",
     "rank_normalized_rhat",
+    "run_chees_warmup",
     "run_warmup",
     "sample",
     "sample_chain",

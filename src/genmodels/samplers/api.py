@@ -12,8 +12,8 @@ from genmodels.samplers.base import LogDensityFn, init_state, run_warmup
 from genmodels.samplers.hmc import HMC
 from genmodels.samplers.langevin import MALA, Langevin
 
-KernelName = Literal["hmc", "mala", "langevin"]
-KERNELS: tuple[str, ...] = ("hmc", "mala", "langevin")
+KernelName = Literal["hmc", "chees", "mala", "langevin"]
+KERNELS: tuple[str, ...] = ("hmc", "chees", "mala", "langevin")
 TARGET_ACCEPT = {"hmc": 0.8, "mala": 0.574}
 
 
@@ -55,7 +55,9 @@ def sample(
     ``init`` is ``(n_chains, d)``, or ``(d,)`` copied to ``n_chains`` chains. For "hmc" and
     "mala" the step size (and, for HMC, a diagonal inverse mass matrix) is adapted during
     ``n_warmup`` steps (default ``n_steps``; Stan's windows and dual averaging), unless
-    ``step_size`` is given with ``n_warmup=0``. Unadjusted "langevin" needs ``step_size``.
+    ``step_size`` is given with ``n_warmup=0``. "chees" is HMC with jittered trajectory
+    lengths whose mean is adapted by the ChEES criterion (Hoffman, Radul & Sountsov 2021),
+    built for many chains. Unadjusted "langevin" needs ``step_size``.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown kernel {kernel!r}; choose one of: {', '.join(KERNELS)}")
@@ -77,6 +79,15 @@ def sample(
             return MALA(step_size=eps)
         return Langevin(step_size=eps)
 
+    if kernel == "chees":
+        from genmodels.samplers.chees import run_chees_warmup
+
+        if n_warmup < 1:
+            raise ValueError("chees needs warm-up steps to set its trajectory length")
+        k, state = run_chees_warmup(
+            init, log_density, n_warmup, generator, initial_step_size=step_size or 0.1
+        )
+        return _run(k, state, n_steps, generator, progress, kernel, k.step_size, k.inverse_mass_matrix)
     if kernel == "langevin" or n_warmup == 0:
         if step_size is None:
             raise ValueError(f"{kernel} without warm-up needs step_size")
@@ -94,9 +105,13 @@ def sample(
             adapt_mass=(kernel == "hmc"),
         )
         state, eps, inverse_mass = warm.state, warm.step_size, warm.inverse_mass
-    k = make(eps, inverse_mass)
+    return _run(make(eps, inverse_mass), state, n_steps, generator, progress, kernel, eps, inverse_mass)
+
+
+def _run(k, state, n_steps, generator, progress, name, eps, inverse_mass) -> SampleResult:
+    """``n_steps`` transitions of kernel ``k``, keeping every position and diagnostic."""
     draws, acc, div = [], [], []
-    for _ in tqdm(range(n_steps), disable=not progress, desc=kernel, unit="step"):
+    for _ in tqdm(range(n_steps), disable=not progress, desc=name, unit="step"):
         state, info = k.step(state, generator)
         draws.append(state.position)
         acc.append(info.acceptance_rate)
