@@ -291,6 +291,17 @@ class WarmupResult:
     state: State
 
 
+def mass_windows(num_steps: int, adapt_mass: bool = True) -> tuple[list[bool], set[int]]:
+    """For each warm-up step, whether its position feeds the mass-matrix estimate, and the
+    set of step counts (i + 1) at which a slow window ends (Stan's ``warmup_windows``)."""
+    windows = warmup_windows(num_steps) if adapt_mass else []
+    in_window = [False] * num_steps
+    for start, end in windows:
+        for i in range(start, end):
+            in_window[i] = True
+    return in_window, {end for _, end in windows}
+
+
 def run_warmup(
     kernel_factory: Callable[[float, torch.Tensor | None], Kernel],
     position: torch.Tensor,
@@ -317,12 +328,7 @@ def run_warmup(
     adapter = DualAveraging(target_accept=target_accept)
     da = adapter.init(initial_step_size)
     inverse_mass: torch.Tensor | None = None
-    windows = warmup_windows(num_steps) if adapt_mass else []
-    window_end = {end: start for start, end in windows}
-    in_window = [False] * num_steps
-    for start, end in windows:
-        for i in range(start, end):
-            in_window[i] = True
+    in_window, window_end = mass_windows(num_steps, adapt_mass)
     state = init_state(position, log_density)
     collected: list[torch.Tensor] = []
     for i in range(num_steps):

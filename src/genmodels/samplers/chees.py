@@ -53,10 +53,10 @@ from genmodels.samplers.base import (
     State,
     _check_generator,
     init_state,
+    mass_windows,
     metropolis_accept,
     regularized_variance,
     select,
-    warmup_windows,
 )
 from genmodels.samplers.hmc import kinetic_energy, leapfrog
 
@@ -290,12 +290,7 @@ def run_chees_warmup(
     log_t = math.log(initial_trajectory_length or initial_step_size)
     log_t_avg, k = log_t, 0
     inverse_mass: torch.Tensor | None = None
-    windows = warmup_windows(num_steps) if adapt_mass else []
-    window_end = {end for _, end in windows}
-    in_window = [False] * num_steps
-    for start, end in windows:
-        for i in range(start, end):
-            in_window[i] = True
+    in_window, window_end = mass_windows(num_steps, adapt_mass)
     state = init_state(position, log_density)
     collected: list[torch.Tensor] = []
     for i in range(num_steps):
