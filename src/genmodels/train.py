@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from genmodels import checkpoint as ckpt
 from genmodels.data import Dataset, load_data
+from genmodels.distributions import Target
 from genmodels.models import Model, build_model, get_family, make_config
 
 Schedule = Literal["cosine", "constant"]
@@ -71,6 +72,10 @@ class TrainConfig:
         return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
 
 
+#: Data points handed to ``Model.prepare`` (and used for the standardization).
+PREPARE_SAMPLES = 20_000
+
+
 class TrainingDiverged(RuntimeError):
     """The loss (or the weights) became NaN or infinite; the last good checkpoint is kept."""
 
@@ -112,7 +117,7 @@ def standardize_from(model: Model, data: Dataset, seed: int, n: int = 10_000) ->
 
 def train(
     model: Model | str,
-    data: Dataset | str | None,
+    data: Dataset | Target | str | None,
     config: TrainConfig | None = None,
     *,
     out: str | Path | None = None,
@@ -151,7 +156,7 @@ def train(
         model = restore_model(record, tensors)
     config = config if config is not None else TrainConfig()
     config.validate()
-    dataset = load_data(data) if isinstance(data, str) else data
+    dataset = load_data(data)
     device = resolve_device(config.device)
 
     if isinstance(model, str):
@@ -161,6 +166,9 @@ def train(
     if record is None and _unnormalized(model):
         standardize_from(model, dataset, config.seed)
     model.to(device)
+    if record is None:
+        reference = dataset.sample_reference(PREPARE_SAMPLES, config.seed).to(device, model.shift.dtype)
+        model.prepare(reference, torch.Generator().manual_seed(config.seed + 2), progress=config.progress)
     optimizers = model.configure_optimizers(config.lr)
 
     data_gen = torch.Generator().manual_seed(config.seed)

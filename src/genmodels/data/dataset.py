@@ -100,11 +100,17 @@ def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None) 
     return (x.float() + u) / levels
 
 
-def load_data(spec: str) -> Dataset:
-    """A :class:`Dataset` from a built-in target name, ``"digits"``, or a file path.
+def load_data(spec: str | Target | Dataset) -> Dataset:
+    """A :class:`Dataset` from a built-in target name, ``"digits"``, a file path, or a
+    :class:`~genmodels.distributions.Target` object (its exact samples; a Dataset is
+    returned as it is).
 
     Raises :class:`DataError` with a one-line message for anything else.
     """
+    if isinstance(spec, Dataset):
+        return spec
+    if isinstance(spec, Target):
+        return Dataset(name=spec.name, dim=spec.dim, target=spec, source=spec.name)
     if spec in TARGETS:
         target = get_target(spec)
         return Dataset(name=spec, dim=target.dim, target=target, source=spec)

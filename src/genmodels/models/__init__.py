@@ -11,11 +11,13 @@ from typing import Any
 import torch
 
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
+from genmodels.models.ebm import EBM
 from genmodels.models.realnvp import RealNVP
 
 #: name → class; the CLI, the checkpoints and the tour read this table and nothing else.
 FAMILIES: dict[str, type[Model]] = {
     RealNVP.family: RealNVP,
+    EBM.family: EBM,
 }
 
 

@@ -85,6 +85,15 @@ class Model(nn.Module):
     def denormalize(self, u: torch.Tensor) -> torch.Tensor:
         return u * self.scale + self.shift
 
+    def prepare(self, x: torch.Tensor, generator: torch.Generator, progress: bool = False) -> None:
+        """Data-dependent set-up, called once by the training loop before the first step of a
+        fresh run (never on resume: what it sets must live in buffers, so checkpoints keep it).
+
+        ``x`` is a data-space sample of the training data ``(m, dim)`` on the model's device;
+        ``generator`` a CPU generator seeded from the run's seed. The default does nothing;
+        e.g. the energy-based model fits its reference distribution here.
+        """
+
     # -- optimisation -----------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         """Create (and keep) the optimisers; the default is one Adam over all parameters."""

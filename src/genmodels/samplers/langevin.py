@@ -62,7 +62,7 @@ def langevin_proposal(state: State, step_size: float, generator: torch.Generator
 def _log_q(to: State, frm: State, step_size: float) -> torch.Tensor:
     """log q(to | frm) = −|to − frm − (Δt/2) ∇ log π(frm)|² / (2 Δt), up to a constant; (n,)."""
     mean = gradient_half_step(frm.position, frm.grad, step_size)
-    return -((to.position - mean) ** 2).sum(-1) / (2.0 * step_size)
+    return -(((to.position - mean) ** 2) / (2.0 * step_size)).sum(-1)
 
 
 def _finite(s: State) -> torch.Tensor:
@@ -72,12 +72,16 @@ def _finite(s: State) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class _LangevinKernel:
-    """What Langevin and MALA share: a positive step size Δt and the initial state."""
+    """What Langevin and MALA share: a positive step size Δt and the initial state.
 
-    step_size: float
+    ``step_size`` is a float, or a tensor ``(n, 1)`` giving each chain its own Δt (the chains
+    are independent, so each is a valid kernel for its own Δt).
+    """
+
+    step_size: float | torch.Tensor
 
     def __post_init__(self) -> None:
-        if not self.step_size > 0:
+        if not bool(torch.all(torch.as_tensor(self.step_size) > 0)):
             raise ValueError(f"step_size must be positive, got {self.step_size}")
 
     def init(self, position: torch.Tensor, log_density: LogDensityFn) -> State:

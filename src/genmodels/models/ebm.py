@@ -1,0 +1,607 @@
+"""Energy-based model: p_θ(x) = exp(f_θ(x)) q(x) / Z(θ), learned three ways (tutorial §3).
+
+f_θ is a network giving the **negative energy**; q is a fixed reference density, so that
+
+    log p_θ(x) = f_θ(x) + log q(x) − log Z(θ),     Z(θ) = ∫ exp(f_θ(x)) q(x) dx.
+
+The tutorial writes p_θ = exp(f_θ)/Z (§3) and uses exactly this tilted form with a reference
+q for noise-contrastive estimation and tempering (§3, §4). A reference does two jobs here: it
+makes Z finite for any network whose output grows slower than quadratically (every MLP), and
+it is where chains are (re)started and the noise of NCE comes from. By default q is a
+Gaussian fitted to the (standardized) data; ``reference="flow"`` trains the library's
+RealNVP on the data first and uses it as q (flow-contrastive estimation, Gao et al. 2020).
+The output layer of f starts at zero, so the untrained model is q itself.
+
+Methods (``method``):
+
+- ``"mle"``: maximum likelihood by MCMC, "analysis by synthesis". The gradient of the
+  log-likelihood is (tutorial §3)
+
+      L'(θ) = E_data[∇_θ f_θ(x)] − E_{p_θ}[∇_θ f_θ(x)],
+
+  the second expectation taken over synthesized examples x̃ drawn from p_θ by MCMC (the
+  kernels of ``genmodels.samplers``). We minimise mean f(x̃) − mean f(x), whose gradient is
+  −L'. Chains are ``"persistent"`` (a replay buffer of chains that continue from one step to
+  the next, a fraction ``reinit`` restarted from q each step; Tieleman 2008, Du & Mordatch
+  2019) or ``"short-run"`` (every step starts fresh from q and runs ``mcmc_steps`` steps;
+  Nijkamp et al. 2019: the learned short-run sampler, not p_θ, is then the model's sampler).
+- ``"cd"``: contrastive divergence, the same loss with chains started at the data batch
+  (Hinton 2002). With C(θ) = KL(p_data‖p_θ) − KL(p_θt‖p_θ), the corrected form of tutorial §3
+  ([C] in ``shared/tutorial.md``) is ∂C/∂θ = −E_data[∇f_θ] + E_{p_θt}[∇f_θ], the very
+  gradient of our loss; p_θt is in practice the distribution after ``mcmc_steps`` steps.
+- ``"nce"``: noise-contrastive estimation (Gutmann & Hyvärinen 2010), tutorial §3 with its
+  correction: the "true" examples are the observed data, the noise x̃ ~ q, and the logit is
+  log p_θ(x)/q(x) = f_θ(x) + c with a learned constant c = −log Z. We minimise
+
+      −mean_i log σ(f(x_i) + c) − mean_j log(1 − σ(f(x̃_j) + c)),
+
+  so the model is learned without sampling from it.
+
+Everything happens in the standardized coordinates u = (x − shift)/scale of
+:class:`~genmodels.models.base.Model`.
+
+log Z: in 1-D and 2-D by quadrature on a grid (``genmodels.quadrature``; ``log_prob`` is then
+labelled exact, up to the grid error that :meth:`EBM.log_partition` reports), in any
+dimension by annealed importance sampling along the tutorial's tempered path
+π_β ∝ exp(β f) q (``genmodels.samplers.ais``; labelled an estimate, with its standard error).
+
+Training health: every step logs the energy gap mean f(data) − mean f(samples), the mean
+norm of the chains' gradient ∇_u log p, and the acceptance rate. When the loss, the energies
+or the weights become non-finite, or the gap exceeds ``max_energy_gap``, the model restores
+its last good state, halves both the learning rate and the MCMC step size, and says so; after
+``max_recoveries`` such restarts it stops with :class:`genmodels.train.TrainingDiverged`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from genmodels.models.base import Model, ModelConfig, SampleConfig
+from genmodels.nets.mlp import MLP, Activation
+from genmodels.quadrature import GridLogZ, grid_log_partition, grid_sample
+from genmodels.samplers.base import run_warmup
+from genmodels.samplers.hmc import HMC
+from genmodels.samplers.langevin import MALA, Langevin
+from genmodels.types import LogDensity
+
+Method = Literal["mle", "cd", "nce"]
+KernelName = Literal["mala", "langevin", "hmc"]
+#: target acceptance rates of the adapted kernels (Roberts & Rosenthal 1998; Stan)
+TARGET_ACCEPT = {"mala": 0.574, "hmc": 0.8}
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+@dataclass
+class EBMConfig(ModelConfig):
+    """Options of the energy-based model."""
+
+    method: Method = "mle"
+    """learning rule: mle (MCMC maximum likelihood), cd (contrastive divergence), nce"""
+    energy: Literal["mlp", "quadratic"] = "mlp"
+    """the network f: an MLP, or a quadratic −½uᵀWu + bᵀu (a Gaussian energy)"""
+    hidden: int = 128
+    """width of the MLP"""
+    depth: int = 3
+    """hidden layers of the MLP"""
+    activation: Activation = "silu"
+    """nonlinearity of the MLP (smooth, so that the score the samplers follow is continuous)"""
+    reference: Literal["gaussian", "flow"] = "gaussian"
+    """q: a Gaussian fitted to the data, or a RealNVP flow trained on the data first"""
+    flow_steps: int = 3000
+    """training steps of the flow reference (reference=flow)"""
+    chains: Literal["persistent", "short-run"] = "persistent"
+    """mle: persistent chains with a replay buffer, or short-run chains from q every step"""
+    kernel: KernelName = "mala"
+    """MCMC kernel of the chains: mala, langevin (unadjusted) or hmc"""
+    mcmc_steps: int = 20
+    """kernel steps per training step (k of CD-k for method cd)"""
+    step_size: float = 0.01
+    """MCMC step size Δt in standardized units (initial value; mala and hmc adapt it to their
+    target acceptance while training, langevin keeps it)"""
+    leapfrog: int = 5
+    """leapfrog steps per HMC transition"""
+    buffer_size: int = 10_000
+    """persistent chains kept in the replay buffer"""
+    reinit: float = 0.05
+    """fraction of the persistent chains restarted from q at each step"""
+    energy_reg: float = 0.0
+    """weight α of the penalty α·(mean f(x)² + mean f(x̃)²) (Du & Mordatch 2019); 0 is pure MLE"""
+    grid_size: int = 400
+    """cells per axis of the quadrature grid for log Z in 1-D and 2-D"""
+    max_energy_gap: float = 1e4
+    """|mean f(data) − mean f(samples)| above this counts as divergence"""
+    max_recoveries: int = 5
+    """restarts from the last good state before training stops as diverged"""
+
+
+@dataclass
+class EBMSampleConfig(SampleConfig):
+    """Options of ``sample`` for the energy-based model."""
+
+    sampler: Literal["auto", "mala", "hmc", "langevin", "short-run", "grid"] = "auto"
+    """auto: the short-run sampler for short-run models, else mala; grid: exact draws from
+    the quadrature grid (1-D and 2-D)"""
+    steps: int = 200
+    """kernel steps after warm-up (mala, hmc, langevin)"""
+    warmup: int = 100
+    """warm-up steps adapting the step size (mala, hmc)"""
+    init: Literal["buffer", "reference"] = "buffer"
+    """start chains from the persistent buffer (when there is one) or from q"""
+
+
+class QuadraticEnergy(nn.Module):
+    """f(u) = −½ uᵀ W u + bᵀ u with W symmetric; zero at initialisation."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.raw = nn.Parameter(torch.zeros(dim, dim))
+        self.b = nn.Parameter(torch.zeros(dim))
+
+    @property
+    def W(self) -> torch.Tensor:
+        return 0.5 * (self.raw + self.raw.T)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return -0.5 * ((u @ self.W) * u).sum(-1, keepdim=True) + u @ self.b[:, None]
+
+
+class EBM(Model):
+    """Energy-based model p(u) ∝ exp(f(u)) q(u); see the module docstring."""
+
+    family: ClassVar[str] = "ebm"
+    Config: ClassVar[type[ModelConfig]] = EBMConfig
+    SampleConfig: ClassVar[type[SampleConfig]] = EBMSampleConfig
+    has_log_prob: ClassVar[bool] = True
+    train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-2, "batch_size": 256}
+    tour_steps: ClassVar[int] = 3000
+    config: EBMConfig
+
+    def __init__(self, dim: int, config: EBMConfig | None = None) -> None:
+        super().__init__(dim, config)
+        c = self.config
+        _validate(c)
+        if c.energy == "mlp":
+            self.f_net: nn.Module = MLP(dim, 1, c.hidden, c.depth, c.activation, zero_last=True)
+        else:
+            self.f_net = QuadraticEnergy(dim)
+        if c.method == "nce":
+            #: the NCE constant c = −log Z
+            self.c = nn.Parameter(torch.zeros(()))
+        if c.reference == "flow":
+            from genmodels.models.realnvp import RealNVP
+
+            self.flow = RealNVP(dim)
+            self.flow.requires_grad_(False)
+        # The reference Gaussian N(ref_mean, ref_chol ref_cholᵀ) and the quadrature box (in u).
+        self.register_buffer("ref_mean", torch.zeros(dim))
+        self.register_buffer("ref_chol", torch.eye(dim))
+        self.register_buffer("box_lo", torch.full((dim,), -4.0))
+        self.register_buffer("box_hi", torch.full((dim,), 4.0))
+        size = c.buffer_size if c.method == "mle" and c.chains == "persistent" else 0
+        self.register_buffer("chains", torch.zeros(size, dim))
+        self.register_buffer("chain_step", torch.full((size,), float(c.step_size)))
+        # Adapted MCMC step size, learning-rate factor and restarts: all checkpointed.
+        self.register_buffer("mcmc_step_size", torch.tensor(float(c.step_size), dtype=torch.float64))
+        self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("recoveries", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("prepared", torch.tensor(False))
+        self._snapshot: dict[str, Any] | None = None
+        self._last_logs: dict[str, float] = {}
+        self._healthy_steps = 0
+        self._logz_cache: tuple[tuple, Any] | None = None
+
+    # -- the density ------------------------------------------------------------------
+    def f(self, u: torch.Tensor) -> torch.Tensor:
+        """The negative energy f_θ(u), shape (n,)."""
+        return self.f_net(u).squeeze(-1)
+
+    def log_q(self, u: torch.Tensor) -> torch.Tensor:
+        """log q(u) of the reference, shape (n,)."""
+        if self.config.reference == "flow":
+            return self.flow.log_prob(u).values
+        z = torch.linalg.solve_triangular(self.ref_chol, (u - self.ref_mean).T, upper=False).T
+        log_det = torch.log(torch.diagonal(self.ref_chol)).sum()
+        return -0.5 * (z**2).sum(-1) - log_det - 0.5 * self.dim * LOG_2PI
+
+    def sample_q(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n draws from the reference q, in u."""
+        if self.config.reference == "flow":
+            return self.flow.sample(n, generator=generator)
+        z = torch.randn(n, self.dim, generator=generator, dtype=self.ref_mean.dtype, device=self.device)
+        return self.ref_mean + z @ self.ref_chol.T
+
+    def unnormalized(self, u: torch.Tensor) -> torch.Tensor:
+        """log p̃(u) = f(u) + log q(u), the log-density the samplers follow; (n,)."""
+        return self.f(u) + self.log_q(u)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) = −(f(u) + log q(u)) at data-space x: log p(x) = −E(x) − log Z − Σ log scale."""
+        return -self.unnormalized(self.normalize(x.to(self.scale.dtype)))
+
+    def score(self, x: torch.Tensor) -> torch.Tensor:
+        """∇ₓ log p(x) in data space, shape (n, d)."""
+        with torch.enable_grad():
+            x_ = x.detach().to(self.scale.dtype).requires_grad_(True)
+            (g,) = torch.autograd.grad(self.unnormalized(self.normalize(x_)).sum(), x_)
+        return g.detach()
+
+    def log_partition(
+        self, method: Literal["auto", "grid", "ais"] = "auto", **options: Any
+    ) -> dict[str, Any]:
+        """log Z of p̃ = exp(f) q in standardized coordinates, with its error and kind.
+
+        ``auto``: quadrature in 1-D and 2-D (kind ``exact``; ``error`` is the grid error),
+        AIS otherwise (kind ``estimate``; ``error`` is its standard error). Results are
+        cached until the parameters change. ``options`` go to the AIS run (``n_chains``,
+        ``betas``, ``generator``) or the grid (``n``).
+        """
+        if method == "auto":
+            method = "grid" if self.dim <= 2 else "ais"
+        key = (method, tuple(sorted(options.items(), key=str)), self._version())
+        if self._logz_cache is not None and self._logz_cache[0] == key:
+            return self._logz_cache[1]
+        if method == "grid":
+            result = self._grid_logz(int(options.get("n", self.config.grid_size)))
+            out = {
+                "value": result.value,
+                "error": result.error,
+                "kind": "exact",
+                "method": "grid",
+                "tail": result.tail,
+                "cells": result.n,
+            }
+        elif method == "ais":
+            out = self._ais_logz(**options)
+        else:
+            raise ValueError(f"unknown log Z method {method!r}; choose one of: auto, grid, ais")
+        self._logz_cache = (key, out)
+        return out
+
+    def _version(self) -> tuple:
+        tensors = [*self.parameters(), self.ref_mean, self.ref_chol, self.box_lo, self.box_hi]
+        return (*((id(t), t._version) for t in tensors), str(self.device))
+
+    def _grid_logz(self, n: int) -> GridLogZ:
+        with torch.no_grad():
+            return grid_log_partition(
+                self.unnormalized, self.box_lo, self.box_hi, n, dtype=self.shift.dtype, device=self.device
+            )
+
+    def _ais_logz(
+        self, n_chains: int = 1000, betas: int = 500, generator: torch.Generator | None = None
+    ) -> dict[str, Any]:
+        from genmodels.samplers.ais import ais
+
+        g = generator if generator is not None else torch.Generator(device=self.device).manual_seed(0)
+        step = float(self.mcmc_step_size)
+        with _Frozen(self):
+            est = ais(
+                lambda u: self.unnormalized(u.to(self.shift.dtype)),
+                lambda beta: MALA(step_size=step),
+                n_chains,
+                self.dim,
+                generator=g,
+                betas=betas,
+            )
+        return {"value": est.value, "error": est.stderr, "kind": "estimate", "method": "ais", "ess": est.ess}
+
+    def _log_prob(self, u: torch.Tensor) -> LogDensity:
+        logz = self.log_partition()
+        with torch.no_grad():
+            values = self.unnormalized(u) - logz["value"]
+        return LogDensity(values, "exact" if logz["kind"] == "exact" else "estimate")
+
+    # -- set-up -----------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor, generator: torch.Generator, progress: bool = False) -> None:
+        """Fit q (Gaussian, or train the flow), set the quadrature box, fill the chains from q."""
+        if bool(self.prepared):
+            return
+        u = self.normalize(x.to(self.shift.dtype))
+        mean = u.mean(0)
+        cov = torch.atleast_2d(torch.cov(u.T.double())) if u.shape[0] > 1 else torch.eye(self.dim)
+        cov = cov + 1e-6 * torch.eye(self.dim, dtype=cov.dtype, device=cov.device)
+        self.ref_mean.copy_(mean)
+        self.ref_chol.copy_(torch.linalg.cholesky(cov).to(self.ref_chol.dtype))
+        margin = u.std(0).clamp_min(1e-3) if u.shape[0] > 1 else torch.ones_like(mean)
+        self.box_lo.copy_(u.min(0).values - margin)
+        self.box_hi.copy_(u.max(0).values + margin)
+        if self.config.reference == "flow":
+            self._train_flow(u, progress)
+        if self.chains.numel():
+            self.chains.copy_(self.sample_q(self.chains.shape[0], _on(generator, self.device)))
+        self.prepared.fill_(True)
+
+    def _train_flow(self, u: torch.Tensor, progress: bool) -> None:
+        from genmodels.data import Dataset
+        from genmodels.train import TrainConfig, train
+
+        if progress:
+            tqdm.write(f"ebm: training the RealNVP reference q on the data ({self.config.flow_steps} steps)")
+        data = Dataset(name="ebm-reference", dim=self.dim, train=u.detach().cpu())
+        cfg = TrainConfig(steps=self.config.flow_steps, progress=progress, device=str(self.device))
+        self.flow.requires_grad_(True)
+        train(self.flow, data, cfg)
+        self.flow.requires_grad_(False)
+        self.flow.eval()
+
+    # -- training ---------------------------------------------------------------------
+    def step(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        if not bool(self.prepared):
+            raise RuntimeError("call prepare(data_sample, generator) first (the training loop does)")
+        (opt,) = self.optimizers.values()
+        if self._snapshot is None:
+            self._take_snapshot(opt)
+        for group in opt.param_groups:
+            group["lr"] *= float(self.lr_factor)
+        u = self.normalize(batch)
+        opt.zero_grad(set_to_none=True)
+        loss_fn = self._nce_loss if self.config.method == "nce" else self._ml_loss
+        out = loss_fn(u, generator)
+        logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+        if not self._healthy(logs):
+            return self._recover(opt, logs)
+        out["loss"].backward()
+        opt.step()
+        if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
+            return self._recover(opt, logs)
+        self._healthy_steps += 1
+        if self._healthy_steps % SNAPSHOT_EVERY == 0:
+            self._take_snapshot(opt)
+        self._last_logs = logs
+        return logs
+
+    def _ml_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """MLE / CD: mean f(x̃) − mean f(x) (+ the optional energy penalty), with health logs."""
+        c = self.config
+        n = u.shape[0]
+        idx = None
+        if c.method == "cd":
+            start = u.detach()
+        elif c.chains == "short-run":
+            start = self.sample_q(n, generator)
+        else:
+            idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
+            start = self.chains[idx]
+            fresh = torch.rand(n, generator=generator, device=self.device) < c.reinit
+            start = torch.where(fresh[:, None], self.sample_q(n, generator), start)
+        if idx is None:  # one step size for all chains, adapted by their mean acceptance
+            eps = self.mcmc_step_size.to(u.dtype)
+            neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, float(eps))
+            self.mcmc_step_size.copy_(self._adapted(eps, acc.mean()))
+        else:  # persistent chains keep their own step sizes; fresh ones start at the median
+            eps = torch.where(fresh, self.chain_step.median(), self.chain_step[idx])
+            neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
+            if bool(torch.isfinite(neg).all()):
+                self.chains[idx] = neg
+                self.chain_step[idx] = self._adapted(eps, acc)
+            self.mcmc_step_size.fill_(float(self.chain_step.median()))
+        stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
+        f_data, f_neg = self.f(u), self.f(neg)
+        loss = f_neg.mean() - f_data.mean()
+        if c.energy_reg > 0:
+            loss = loss + c.energy_reg * ((f_data**2).mean() + (f_neg**2).mean())
+        return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
+
+    def _nce_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """NCE: logistic loss of data (y=1) against as many draws of q (y=0), logit f + c."""
+        with torch.no_grad():
+            noise = self.sample_q(u.shape[0], generator)
+        logit_data = self.f(u) + self.c
+        logit_noise = self.f(noise) + self.c
+        loss = (
+            torch.nn.functional.softplus(-logit_data).mean()
+            + torch.nn.functional.softplus(logit_noise).mean()
+        )
+        accuracy = 0.5 * ((logit_data > 0).float().mean() + (logit_noise < 0).float().mean())
+        return {
+            "loss": loss,
+            "energy_gap": (logit_data.mean() - logit_noise.mean()).detach(),
+            "log_z_nce": -self.c.detach(),
+            "accuracy": accuracy,
+        }
+
+    def run_chains(
+        self,
+        start: torch.Tensor,
+        n_steps: int,
+        generator: torch.Generator | None,
+        step_size: float | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``n_steps`` steps of the configured kernel on p̃ = exp(f) q from ``start`` (n, d).
+
+        ``step_size``: a float, or per-chain step sizes ``(n,)`` (mala and langevin); by
+        default the stored one. Returns the final positions, each chain's mean acceptance
+        rate (n,) and the norm of ∇ log p̃ at the final positions (n,).
+        """
+        c = self.config
+        eps: float | torch.Tensor = float(self.mcmc_step_size) if step_size is None else step_size
+        if torch.is_tensor(eps):
+            eps = eps[:, None] if c.kernel != "hmc" else float(eps.median())
+        kernel = _kernel(c.kernel, eps, c.leapfrog)
+        with _Frozen(self):
+            state = kernel.init(start.detach(), self.unnormalized)
+            acc = torch.zeros(start.shape[0], device=self.device)
+            for _ in range(n_steps):
+                state, info = kernel.step(state, generator)
+                acc = acc + info.acceptance_rate
+        return state.position.detach(), acc / max(n_steps, 1), state.grad.norm(dim=-1)
+
+    def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
+        """Robbins–Monro step toward the kernel's target acceptance, per chain:
+        log Δt += 0.1·(acceptance − target); tracks the model as it changes."""
+        target = TARGET_ACCEPT.get(self.config.kernel)
+        if target is None:  # unadjusted Langevin keeps its step size
+            return step_size
+        return (step_size * torch.exp(0.1 * (acceptance - target))).clamp(1e-8, 10.0)
+
+    # -- health -----------------------------------------------------------------------
+    def _healthy(self, logs: dict[str, float]) -> bool:
+        if not all(math.isfinite(v) for v in logs.values()):
+            return False
+        return abs(logs.get("energy_gap", 0.0)) <= self.config.max_energy_gap
+
+    def _take_snapshot(self, opt: torch.optim.Optimizer) -> None:
+        self._snapshot = {
+            "model": {k: v.detach().clone() for k, v in self.state_dict().items()},
+            "opt": copy.deepcopy(opt.state_dict()),
+        }
+
+    def _recover(self, opt: torch.optim.Optimizer, logs: dict[str, float]) -> dict[str, float]:
+        """Restore the last good state, halve the learning rate and the MCMC step size."""
+        from genmodels.train import TrainingDiverged
+
+        opt.zero_grad(set_to_none=True)
+        bad = ", ".join(f"{k}={v:.3g}" for k, v in logs.items())
+        recoveries = int(self.recoveries) + 1
+        if recoveries > self.config.max_recoveries or self._snapshot is None:
+            raise TrainingDiverged(
+                f"ebm training diverged ({bad}) after {recoveries - 1} restarts from the last good "
+                "state; try a lower --lr or a smaller --option step_size"
+            )
+        snap = self._snapshot
+        self.load_state_dict(snap["model"])
+        opt.load_state_dict(snap["opt"])
+        self.recoveries.fill_(recoveries)
+        self.lr_factor.mul_(0.5)
+        self.mcmc_step_size.mul_(0.5)
+        self.chain_step.mul_(0.5)
+        tqdm.write(
+            f"ebm: training diverged ({bad}); restored the last good state, halved the learning "
+            f"rate (×{float(self.lr_factor):.3g}) and the MCMC step size "
+            f"(now {float(self.mcmc_step_size):.3g})",
+            file=sys.stderr,
+        )
+        self._take_snapshot(opt)
+        logs = dict(self._last_logs) if self._last_logs else {"loss": 0.0}
+        logs["recovered"] = 1.0
+        return logs
+
+    # -- sampling ---------------------------------------------------------------------
+    def _sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None,
+        sampler: str = "auto",
+        steps: int = 200,
+        warmup: int = 100,
+        init: str = "buffer",
+    ) -> torch.Tensor:
+        c = self.config
+        if sampler == "auto":
+            sampler = "short-run" if c.method == "mle" and c.chains == "short-run" else "mala"
+        if sampler == "grid":
+            if self.dim > 2:
+                raise ValueError("sampler=grid needs 1-D or 2-D data; use mala or hmc")
+            return grid_sample(
+                self.unnormalized,
+                self.box_lo,
+                self.box_hi,
+                n,
+                n=c.grid_size,
+                generator=generator,
+                dtype=self.shift.dtype,
+                device=self.device,
+            )
+        if init == "buffer" and self.chains.numel():
+            idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
+            start = self.chains[idx]
+        else:
+            start = self.sample_q(n, generator)
+        if sampler == "short-run":
+            return self.run_chains(start, c.mcmc_steps, generator)[0]
+        if sampler not in ("mala", "hmc", "langevin"):
+            raise ValueError(
+                f"unknown sampler {sampler!r}; choose one of: auto, mala, hmc, langevin, short-run, grid"
+            )
+        eps = float(self.mcmc_step_size)
+        with torch.enable_grad(), _Frozen(self):
+            if sampler != "langevin" and warmup > 0:
+                warm = run_warmup(
+                    lambda e, m: _kernel(sampler, e, c.leapfrog, m),
+                    start,
+                    self.unnormalized,
+                    warmup,
+                    generator,
+                    TARGET_ACCEPT[sampler],
+                    initial_step_size=eps,
+                    adapt_mass=False,
+                )
+                state, eps = warm.state, warm.step_size
+            else:
+                state = _kernel(sampler, eps, c.leapfrog).init(start, self.unnormalized)
+            kernel = _kernel(sampler, eps, c.leapfrog)
+            for _ in range(steps):
+                state, _ = kernel.step(state, generator)
+        return state.position.detach()
+
+
+#: healthy steps between in-memory snapshots used to recover from divergence
+SNAPSHOT_EVERY = 100
+
+
+def _kernel(name: str, step_size: float, leapfrog: int, inverse_mass: torch.Tensor | None = None):
+    if name == "mala":
+        return MALA(step_size=step_size)
+    if name == "langevin":
+        return Langevin(step_size=step_size)
+    return HMC(step_size=step_size, num_steps=leapfrog, inverse_mass_matrix=inverse_mass)
+
+
+class _Frozen:
+    """Parameters do not require grad inside (the samplers differentiate w.r.t. x only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc: object) -> None:
+        for p in self.params:
+            p.requires_grad_(True)
+
+
+def _on(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` (the CPU one itself, or one seeded from it)."""
+    if torch.device(device).type == "cpu":
+        return generator
+    seed = int(torch.randint(2**62, (), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _validate(c: EBMConfig) -> None:
+    checks = [
+        (c.method in ("mle", "cd", "nce"), f"unknown method {c.method!r}; choose one of: mle, cd, nce"),
+        (c.energy in ("mlp", "quadratic"), f"unknown energy {c.energy!r}; choose one of: mlp, quadratic"),
+        (
+            c.reference in ("gaussian", "flow"),
+            f"unknown reference {c.reference!r}; choose one of: gaussian, flow",
+        ),
+        (
+            c.chains in ("persistent", "short-run"),
+            f"unknown chains {c.chains!r}; choose persistent or short-run",
+        ),
+        (
+            c.kernel in ("mala", "langevin", "hmc"),
+            f"unknown kernel {c.kernel!r}; choose one of: mala, langevin, hmc",
+        ),
+        (c.mcmc_steps >= 1, f"mcmc_steps must be >= 1, got {c.mcmc_steps}"),
+        (c.step_size > 0, f"step_size must be positive, got {c.step_size}"),
+        (c.buffer_size >= 1, f"buffer_size must be >= 1, got {c.buffer_size}"),
+        (0.0 <= c.reinit <= 1.0, f"reinit must be in [0, 1], got {c.reinit}"),
+        (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+        (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
