@@ -1,38 +1,52 @@
-"""MCMC benchmark (benchmarks.md §5): genmodels HMC against BlackJAX NUTS and NumPyro NUTS.
+"""MCMC benchmark (benchmarks.md §5): genmodels ChEES-HMC and HMC against BlackJAX NUTS and
+NumPyro NUTS.
 
 Targets (``genmodels.distributions.mcmc_targets``, rewritten in ``jax.numpy`` for the JAX
 samplers and checked to agree, log-density and gradient, at a few points): 100-D Gaussian with
-condition number 100 and 1e5 (diagonal, log-spaced variances, MCHMC convention), Banana, Neal's
-funnel 10-D, Rosenbrock 36-D. All samplers run the same number of chains (128 by default) from
-the same initial points (standard normal draws), in float32.
+condition number 100 (diagonal, log-spaced variances, the MCHMC convention) and 1e5 (the same
+eigenvalues rotated by a fixed random orthogonal matrix, ``rotation_seed=0``, so that a diagonal
+mass matrix cannot undo the conditioning), Banana, Neal's funnel 10-D, Rosenbrock 36-D. All
+samplers run the same number of chains (128 by default) from the same initial points (standard
+normal draws), in float32.
 
-Metric (MCHMC benchmarks): after warm-up, the running estimate Ê_n[x²] pooled over all chains
-(mean over chains and over the first n post-warm-up draws) gives
-b²(n) = max_i (Ê_n[x_i²] − E[x_i²])² / Var[x_i²]; the cost is the number of gradient calls per
-chain until b² stays below 0.01 for the rest of the run (``steps_to_threshold``). A run that does
-not stay below it by ``--max-steps`` transitions is reported as ``>N`` (N = grads spent).
+Metric (MCHMC benchmarks, per chain): after warm-up, every chain c keeps its own running
+estimate Ê_{c,n}[x²] (mean over its first n post-warm-up draws), with bias per dimension
+b²_{c,i}(n) = (Ê_{c,n}[x_i²] − E[x_i²])² / Var[x_i²]. Reducing over dimensions by max (``b²max``)
+or by mean (``b²avg``, MCHMC's ``grads_to_low_avg``) and then averaging over the chains gives
+b²(n). For n independent exact draws per chain E[b²avg] ≈ 1/n, so b²avg < 0.01 needs about 100
+effective draws per chain (b²max ≈ 10× more on 100 dimensions). The cost is the number of
+gradient calls per chain (and seconds) until b² stays below 0.01 for the rest of the run.
 
-Gradient-call convention: one gradient call = one evaluation of ∇ log p at one chain's
-position. Ours: the log-density passed to the sampler is wrapped in a counter; each call
-evaluates the batch of all chains and is followed by exactly one autograd gradient, so it counts
-as 1 gradient call per chain (HMC: num_leapfrog per transition, plus 1 at initialisation).
-NUTS: ``num_integration_steps`` (BlackJAX) / ``num_steps`` (NumPyro) per transition, averaged
-over chains (under ``vmap`` all chains wait for the longest trajectory, so wall-clock cost
-follows the per-step maximum; grads reported are the per-chain mean).
+A run stops at ``max_steps`` post-warm-up transitions, at ``--time-limit`` seconds of sampling,
+or, checked every ``CHUNK`` transitions, once both b² have stayed below the threshold for at
+least as many transitions again as it took them to get there; the same rule, at the same
+chunk boundaries, for every sampler. A cost not reached by the end of the run is ``>N``
+(N = gradient calls or seconds spent).
 
-Wall-clock: ours is measured step by step (cumulative ``perf_counter``). JAX: compilation is
-excluded — BlackJAX functions are compiled ahead of time (``jit(...).lower(...).compile()``)
-before being timed; NumPyro's ``MCMC.run`` is called once untimed with the same arguments (same
-shapes, so the second call reuses nothing but the XLA cache; see the printed compile+run vs
-run times) and the second call is timed. The sampling phase of the JAX samplers is one XLA call,
-so the time to threshold is the total sampling time × (cumulative per-step maximum of
-leapfrog steps up to the threshold) / (its total). Tuning (warm-up) grads and seconds are
-reported separately and are not included in the cost.
+Gradient-call convention (identical for all samplers): one gradient call = one evaluation of
+∇ log p at one chain's position. Ours: the log-density passed to the sampler is wrapped in a
+counter; every call evaluates the batch of all chains and is followed by exactly one autograd
+gradient, so it counts as 1 gradient call per chain (HMC: L per transition; ChEES: the jittered
+L of the transition, the same for all chains; +1 at initialisation). NUTS: the per-chain
+``num_integration_steps`` (BlackJAX) / ``num_steps`` (NumPyro) of each transition, averaged
+over chains (under ``vmap`` all chains wait for the longest trajectory, so wall-clock follows
+the per-transition maximum while the grads reported are the per-chain mean — favourable to
+NUTS).
+
+Wall-clock: ours (eager PyTorch) is the sum of the ``kernel.step`` times (the b² bookkeeping
+between steps is not timed). JAX: compilation is excluded — BlackJAX functions are compiled
+ahead of time (``jit(...).lower(...).compile()``); NumPyro's warm-up is run once untimed (it
+also counts the tuning grads) and then timed, and its first sampling chunk is run once untimed
+before the timed chunks. A JAX chunk is one XLA call; within it, the time to threshold is
+interpolated by the cumulative per-transition maximum of leapfrog steps. BlackJAX computes the
+running sums and b² inside its ``lax.scan``; NumPyro returns the chunk's samples, from which
+they are computed with numpy (not timed). Tuning (warm-up) grads and seconds are reported
+separately and are not part of the cost.
 
     pip install -e '.[bench]'
-    python benchmarks/bench_mcmc.py --quick                  # smoke run, ~4 minutes on 2 cores
+    python benchmarks/bench_mcmc.py --quick          # smoke run, a few minutes on 2 cores
     python benchmarks/bench_mcmc.py [--targets gauss100 banana ...] [--chains 128]
-                                    [--max-steps 5000] [--warmup 1000] [--num-leapfrog 10]
+        [--max-steps N] [--warmup 500] [--time-limit 45] [--threads 1]
 """
 
 from __future__ import annotations
@@ -54,49 +68,101 @@ from genmodels.distributions.mcmc_targets import (
     MomentTarget,
     NealsFunnel,
     Rosenbrock,
-    steps_to_threshold,
 )
 from genmodels.samplers.base import run_warmup
 from genmodels.samplers.hmc import HMC
 
 THRESHOLD = 0.01
 LOG_2PI = math.log(2.0 * math.pi)
+CHUNK = 100  # transitions between stopping checks (and per JAX call)
 
 TARGETS = {
     "gauss100": lambda: IllConditionedGaussian(dim=100, condition=100.0),
-    "gauss1e5": lambda: IllConditionedGaussian(dim=100, condition=1e5),
+    "gauss1e5": lambda: IllConditionedGaussian(dim=100, condition=1e5, rotation_seed=0),
     "banana": lambda: Banana(),
     "funnel": lambda: NealsFunnel(dim=10),
     "rosenbrock": lambda: Rosenbrock(dim=36, Q=0.1),
 }
+DEFAULT_MAX_STEPS = {"gauss100": 4000, "gauss1e5": 4000, "banana": 4000, "funnel": 4000, "rosenbrock": 4000}
+REDUCTIONS = ("max", "avg")
 
 
 @dataclass
 class Result:
-    """One sampler on one target. ``grads`` / ``seconds``: cost to b² < 0.01 after warm-up
-    (None if not reached, then ``budget_grads`` / ``budget_seconds`` were spent)."""
+    """One sampler on one target. ``grads[r]`` / ``seconds[r]``: cost to b²_r < 0.01 after
+    warm-up (None if not reached; then ``budget_grads`` / ``budget_seconds`` were spent)."""
 
-    grads: float | None
-    seconds: float | None
+    grads: dict
+    seconds: dict
     budget_grads: float
     budget_seconds: float
+    steps: int
     tune_grads: float
     tune_seconds: float
-    final_b2: float
+    final_b2: dict
     note: str = ""
 
 
-def _cost(running_m2: torch.Tensor, target: MomentTarget, cum_grads: np.ndarray, cum_time: np.ndarray):
-    """(grads, seconds) at the first step after which b² stays below the threshold."""
-    t = steps_to_threshold(running_m2, target, THRESHOLD)
-    if t is None:
-        return None, None
-    return float(cum_grads[t]), float(cum_time[t])
+# -- the metric ----------------------------------------------------------------------------
 
 
-def _final_b2(running_m2: torch.Tensor, target: MomentTarget) -> float:
-    m2 = running_m2[-1].double()
-    return float(((m2 - target.second_moment) ** 2 / target.variance_of_square).max())
+def chain_averaged_b2(s2: torch.Tensor, n: int, target: MomentTarget) -> tuple[torch.Tensor, torch.Tensor]:
+    """From per-chain sums s2 (chains, d) of x² over n draws: (mean_c max_i b²_{c,i},
+    mean_c mean_i b²_{c,i}), float64 scalars."""
+    per = (s2 / n - target.second_moment) ** 2 / target.variance_of_square
+    return per.amax(-1).mean(), per.mean(-1).mean()
+
+
+def first_stays_below(b2: np.ndarray, threshold: float = THRESHOLD) -> int | None:
+    """The first index t with b2[s] < threshold for all s ≥ t, or None (last entry above)."""
+    above = np.flatnonzero(~(b2 < threshold))
+    if len(above) == 0:
+        return 0
+    return None if above[-1] == len(b2) - 1 else int(above[-1]) + 1
+
+
+class Tracker:
+    """Collects per-transition b² (both reductions), cumulative grads and seconds; applies the
+    stopping rule and turns them into a ``Result``."""
+
+    def __init__(self, max_steps: int, time_limit: float):
+        self.max_steps, self.time_limit = max_steps, time_limit
+        self.b2 = np.empty((0, 2))
+        self.grads = np.empty(0)
+        self.secs = np.empty(0)
+
+    def add(self, b2: np.ndarray, cum_grads: np.ndarray, cum_secs: np.ndarray) -> bool:
+        """Append a chunk (cumulative grads / seconds); True when the run should stop."""
+        self.b2 = np.concatenate([self.b2, np.asarray(b2, dtype=np.float64)])
+        self.grads = np.concatenate([self.grads, cum_grads])
+        self.secs = np.concatenate([self.secs, cum_secs])
+        n = len(self.b2)
+        if n >= self.max_steps or self.secs[-1] >= self.time_limit:
+            return True
+        firsts = [first_stays_below(self.b2[:, k]) for k in range(2)]
+        return all(t is not None and 2 * (t + 1) <= n for t in firsts)
+
+    def result(self, tune_grads: float, tune_seconds: float, note: str) -> Result:
+        grads, secs, final = {}, {}, {}
+        for k, r in enumerate(REDUCTIONS):
+            t = first_stays_below(self.b2[:, k])
+            grads[r] = None if t is None else float(self.grads[t])
+            secs[r] = None if t is None else float(self.secs[t])
+            final[r] = float(self.b2[-1, k])
+        steps = len(self.b2)
+        if steps < self.max_steps and self.secs[-1] >= self.time_limit:
+            note += f"; time limit after {steps} transitions"
+        return Result(
+            grads,
+            secs,
+            float(self.grads[-1]),
+            float(self.secs[-1]),
+            steps,
+            tune_grads,
+            tune_seconds,
+            final,
+            note,
+        )
 
 
 # -- ours ------------------------------------------------------------------------------------
@@ -115,27 +181,30 @@ class CountingLogDensity:
         return self.fn(x)
 
 
-def _sample_torch(kernel, state, counter, target, max_steps):
-    """Post-warm-up loop shared by our kernels: running pooled Ê[x²], grads and times."""
+def _sample_torch(kernel, state, counter, target, max_steps, time_limit) -> Tracker:
+    """Post-warm-up loop shared by our kernels: per-chain running sums of x², b², grads, time."""
     counter.calls = 0
-    d = target.dim
-    rows = torch.empty(max_steps, d, dtype=torch.float64)
-    cum_grads = np.empty(max_steps)
-    cum_time = np.empty(max_steps)
-    s2 = torch.zeros(d, dtype=torch.float64)
+    tracker = Tracker(max_steps, time_limit)
+    s2 = torch.zeros_like(state.position, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
-    t0 = time.perf_counter()
-    for i in range(max_steps):
-        state, _ = kernel.step(state, g)
-        s2 += (state.position.double() ** 2).mean(0)
-        rows[i] = s2 / (i + 1)
-        cum_grads[i] = counter.calls
-        cum_time[i] = time.perf_counter() - t0
-    grads, secs = _cost(rows, target, cum_grads, cum_time)
-    return grads, secs, float(cum_grads[-1]), float(cum_time[-1]), _final_b2(rows, target)
+    elapsed, i = 0.0, 0
+    while True:
+        size = min(CHUNK, max_steps - i)
+        b2 = torch.empty(size, 2, dtype=torch.float64)
+        cum_g, cum_t = np.empty(size), np.empty(size)
+        for j in range(size):
+            t0 = time.perf_counter()
+            state, _ = kernel.step(state, g)
+            elapsed += time.perf_counter() - t0
+            i += 1
+            s2 += state.position.double() ** 2
+            b2[j, 0], b2[j, 1] = chain_averaged_b2(s2, i, target)
+            cum_g[j], cum_t[j] = counter.calls, elapsed
+        if tracker.add(b2.numpy(), cum_g, cum_t):
+            return tracker
 
 
-def run_ours_hmc(target, init, n_warmup, max_steps, num_leapfrog) -> Result:
+def run_ours_hmc(target, init, n_warmup, max_steps, time_limit, num_leapfrog) -> Result:
     counter = CountingLogDensity(target.log_prob)
     g = torch.Generator().manual_seed(0)
 
@@ -146,31 +215,23 @@ def run_ours_hmc(target, init, n_warmup, max_steps, num_leapfrog) -> Result:
     warm = run_warmup(make, init, counter, n_warmup, g, 0.8, initial_step_size=0.1, adapt_mass=True)
     tune_s, tune_g = time.perf_counter() - t0, counter.calls
     kernel = make(warm.step_size, warm.inverse_mass)
-    grads, secs, bg, bs, b2 = _sample_torch(kernel, warm.state, counter, target, max_steps)
-    return Result(grads, secs, bg, bs, tune_g, tune_s, b2, f"eps={warm.step_size:.3g}, L={num_leapfrog}")
+    tracker = _sample_torch(kernel, warm.state, counter, target, max_steps, time_limit)
+    return tracker.result(tune_g, tune_s, f"eps={warm.step_size:.3g}, L={num_leapfrog}")
 
 
-def run_ours_chees(target, init, n_warmup, max_steps) -> Result | None:
-    """ChEES-HMC (``genmodels.samplers.chees``): ``run_chees_warmup(position, log_density,
-    num_steps, generator) -> (ChEESHMC kernel, State)`` tunes ε, the trajectory length T and a
-    diagonal M⁻¹; then the tuned kernel samples. Returns None (row omitted, reported as "not
-    available") when the module is missing or its API differs from this."""
-    try:
-        from genmodels.samplers.chees import run_chees_warmup
-    except Exception:  # module not there yet, or broken
-        return None
+def run_ours_chees(target, init, n_warmup, max_steps, time_limit) -> Result:
+    """ChEES-HMC (``genmodels.samplers.chees``): ``run_chees_warmup`` tunes ε, the trajectory
+    length T and a diagonal M⁻¹; then the tuned kernel samples."""
+    from genmodels.samplers.chees import run_chees_warmup
+
     counter = CountingLogDensity(target.log_prob)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    try:
-        kernel, state = run_chees_warmup(init, counter, n_warmup, g)
-    except TypeError:
-        return None
+    kernel, state = run_chees_warmup(init, counter, n_warmup, g)
     tune_s, tune_g = time.perf_counter() - t0, counter.calls
-    grads, secs, bg, bs, b2 = _sample_torch(kernel, state, counter, target, max_steps)
-    eps = getattr(kernel, "step_size", float("nan"))
-    length = getattr(kernel, "trajectory_length", float("nan"))
-    return Result(grads, secs, bg, bs, tune_g, tune_s, b2, f"ChEES eps={eps:.3g}, T={length:.3g}")
+    tracker = _sample_torch(kernel, state, counter, target, max_steps, time_limit)
+    note = f"eps={kernel.step_size:.3g}, T={kernel.trajectory_length:.3g}"
+    return tracker.result(tune_g, tune_s, note)
 
 
 # -- JAX targets -----------------------------------------------------------------------------
@@ -196,12 +257,19 @@ def jax_logdensity(target: MomentTarget):
             return lp0 - 0.5 * jnp.exp(-x0) * jnp.sum(rest**2) - 0.5 * m * x0 - 0.5 * m * LOG_2PI
 
     elif isinstance(target, IllConditionedGaussian):
-        assert target.rotation is None, "only the diagonal Gaussian is benchmarked"
         lam = jnp.asarray(target.eigenvalues.numpy(), dtype=jnp.float32)
         const = -0.5 * target.dim * LOG_2PI - 0.5 * float(target.eigenvalues.log().sum())
+        if target.rotation is None:
 
-        def f(x):
-            return -0.5 * jnp.sum(x**2 / lam) + const
+            def f(x):
+                return -0.5 * jnp.sum(x**2 / lam) + const
+
+        else:
+            rot = jnp.asarray(target.rotation.numpy(), dtype=jnp.float32)
+
+            def f(x):
+                y = x @ rot  # coordinates in the eigenbasis, as in the torch class
+                return -0.5 * jnp.sum(y**2 / lam) + const
 
     elif isinstance(target, Rosenbrock):
         h, q = target.dim // 2, target.Q
@@ -238,19 +306,15 @@ def check_jax_target(target: MomentTarget, f) -> str:
     return f"logp rel.err {err_lp:.1e}, score rel.err {err_sc:.1e}"
 
 
-def _jax_cost(m2_steps, steps, target, sample_seconds):
-    """m2_steps (T, d): per-step mean over chains of x²; steps (T, n): leapfrog steps per chain."""
-    m2_steps = np.asarray(m2_steps, dtype=np.float64)
+def _jax_chunk_costs(steps: np.ndarray, grads0: float, secs0: float, chunk_seconds: float):
+    """Cumulative grads (per-chain mean) and seconds (chunk time split by the per-transition
+    maximum of leapfrog steps) for one chunk; ``steps`` (T, chains)."""
     steps = np.asarray(steps, dtype=np.float64)
-    running = torch.from_numpy(np.cumsum(m2_steps, 0) / np.arange(1, len(m2_steps) + 1)[:, None])
-    cum_grads = np.cumsum(steps.mean(1))
     cum_max = np.cumsum(steps.max(1))
-    cum_time = sample_seconds * cum_max / cum_max[-1]
-    grads, secs = _cost(running, target, cum_grads, cum_time)
-    return grads, secs, float(cum_grads[-1]), float(sample_seconds), _final_b2(running, target)
+    return grads0 + np.cumsum(steps.mean(1)), secs0 + chunk_seconds * cum_max / max(cum_max[-1], 1.0)
 
 
-def run_blackjax(target, init, n_warmup, max_steps, f) -> Result:
+def run_blackjax(target, init, n_warmup, max_steps, time_limit, f) -> Result:
     import blackjax
     import jax
     import jax.numpy as jnp
@@ -259,6 +323,8 @@ def run_blackjax(target, init, n_warmup, max_steps, f) -> Result:
     key = jax.random.key(0)
     k_warm, k_sample = jax.random.split(key)
     pos0 = jnp.asarray(init.numpy(), dtype=jnp.float32)
+    e2 = jnp.asarray(target.second_moment.numpy(), dtype=jnp.float32)
+    v2 = jnp.asarray(target.variance_of_square.numpy(), dtype=jnp.float32)
 
     # BlackJAX's multi-chain pattern: window adaptation vmapped over chains (each chain gets its
     # own step size and diagonal inverse mass matrix), then the NUTS step vmapped over chains.
@@ -276,25 +342,41 @@ def run_blackjax(target, init, n_warmup, max_steps, f) -> Result:
     def step_one(k, state, p):
         return blackjax.nuts(f, **p).step(k, state)
 
-    def sample(states, params, key):
-        def body(states, k):
+    def chunk(states, s2, i0, params, key):
+        def body(carry, inp):
+            states, s2 = carry
+            k, i = inp
             states, info = jax.vmap(step_one)(jax.random.split(k, n), states, params)
-            m2 = jnp.mean(states.position**2, axis=0)
-            return states, (m2, info.num_integration_steps)
+            s2 = s2 + states.position**2
+            per = (s2 / i - e2) ** 2 / v2
+            b2 = jnp.stack([per.max(-1).mean(), per.mean(-1).mean()])
+            return (states, s2), (b2, info.num_integration_steps)
 
-        _, out = jax.lax.scan(body, states, jax.random.split(key, max_steps))
-        return out
+        idx = i0 + jnp.arange(1, CHUNK + 1, dtype=jnp.float32)
+        (states, s2), out = jax.lax.scan(body, (states, s2), (jax.random.split(key, CHUNK), idx))
+        return states, s2, out
 
-    sample_fn = jax.jit(sample).lower(states, params, k_sample).compile()
-    t0 = time.perf_counter()
-    m2, steps = jax.block_until_ready(sample_fn(states, params, k_sample))
-    secs = time.perf_counter() - t0
-    grads, s, bg, bs, b2 = _jax_cost(m2, steps, target, secs)
+    s2 = jnp.zeros_like(states.position)
+    i0 = jnp.zeros((), jnp.float32)
+    chunk_fn = jax.jit(chunk).lower(states, s2, i0, params, k_sample).compile()
+    tracker = Tracker(max_steps, time_limit)
+    done, grads0, secs0, key = 0, 0.0, 0.0, k_sample
+    while True:
+        key, k = jax.random.split(key)
+        t0 = time.perf_counter()
+        states, s2, (b2, steps) = jax.block_until_ready(chunk_fn(states, s2, i0 + done, params, k))
+        dt = time.perf_counter() - t0
+        take = min(CHUNK, max_steps - done)
+        cg, cs = _jax_chunk_costs(np.asarray(steps)[:take], grads0, secs0, dt)
+        done += take
+        grads0, secs0 = cg[-1], cs[-1]
+        if tracker.add(np.asarray(b2)[:take], cg, cs):
+            break
     eps = np.asarray(params["step_size"])
-    return Result(grads, s, bg, bs, tune_g, tune_s, b2, f"eps median {np.median(eps):.3g}")
+    return tracker.result(tune_g, tune_s, f"eps median {np.median(eps):.3g}")
 
 
-def run_numpyro(target, init, n_warmup, max_steps, f) -> Result:
+def run_numpyro(target, init, n_warmup, max_steps, time_limit, f) -> Result:
     import jax
     import jax.numpy as jnp
     from numpyro.infer import MCMC, NUTS
@@ -302,77 +384,98 @@ def run_numpyro(target, init, n_warmup, max_steps, f) -> Result:
     n = init.shape[0]
     pos0 = jnp.asarray(init.numpy(), dtype=jnp.float32)
 
-    def make_mcmc():
-        return MCMC(
-            NUTS(potential_fn=lambda x: -f(x)),
-            num_warmup=n_warmup,
-            num_samples=max_steps,
-            num_chains=n,
-            chain_method="vectorized",
-            progress_bar=False,
-        )
-
-    key = jax.random.PRNGKey(0)  # numpyro wants raw uint32 keys
-    k_warm, k_sample = jax.random.split(key)
-    # Warm-up (Stan windows, dual averaging, diagonal mass). A first, throwaway MCMC object
-    # collects the warm-up trajectory lengths (tuning grads) and compiles; the second is timed.
-    # (numpyro 0.22: after warmup(collect_warmup=True) with num_warmup != num_samples, run()
-    # fails with a vmap rank error, hence the separate object.)
-    counting = make_mcmc()
+    kernel = NUTS(potential_fn=lambda x: -f(x))
+    counting = MCMC(
+        kernel,
+        num_warmup=n_warmup,
+        num_samples=CHUNK,
+        num_chains=n,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    k_warm = jax.random.split(jax.random.PRNGKey(0))[0]  # numpyro wants raw uint32 keys
+    # Warm-up (Stan windows, dual averaging, diagonal mass) with ``MCMC.warmup``, collecting the
+    # trajectory lengths (tuning grads); its time includes compiling the warm-up.
     t0 = time.perf_counter()
     counting.warmup(k_warm, init_params=pos0, extra_fields=("num_steps",), collect_warmup=True)
     jax.block_until_ready(counting.post_warmup_state)
-    tune_compile_s = time.perf_counter() - t0
+    tune_s = time.perf_counter() - t0
     tune_g = (
         float(np.asarray(counting.get_extra_fields(group_by_chain=True)["num_steps"]).sum(1).mean()) + 1.0
     )
-    mcmc = make_mcmc()
-    t0 = time.perf_counter()
-    mcmc.warmup(k_warm, init_params=pos0)
-    jax.block_until_ready(mcmc.post_warmup_state)
-    tune_s = time.perf_counter() - t0
+    warm_state = counting.post_warmup_state
+    del counting
+    e2 = jnp.asarray(target.second_moment.numpy(), dtype=jnp.float32)
+    v2 = jnp.asarray(target.variance_of_square.numpy(), dtype=jnp.float32)
 
-    # Sampling continues from post_warmup_state; the first call compiles, the second is timed
-    # (run() does not move post_warmup_state, so both produce the same chains).
+    # Sampling: the warmed-up kernel's own transition (``NUTS.sample``, what ``MCMC.run``
+    # iterates with chain_method="vectorized"; vmapped over chains by ``NUTS.init``) inside a compiled
+    # ``lax.scan`` of CHUNK transitions, exactly like the BlackJAX loop. (Calling ``MCMC.run``
+    # per chunk re-traces and re-compiles on every call, seconds each, which would charge
+    # NumPyro for compilation.) After warm-up ``state.i >= num_warmup``, so nothing adapts.
+    def chunk(state, s2, i0):
+        def body(carry, i):
+            state, s2 = carry
+            state = kernel.sample(state, (), {})  # vmapped over chains by NUTS.init
+            s2 = s2 + state.z**2
+            per = (s2 / i - e2) ** 2 / v2
+            b2 = jnp.stack([per.max(-1).mean(), per.mean(-1).mean()])
+            return (state, s2), (b2, state.num_steps)
+
+        idx = i0 + jnp.arange(1, CHUNK + 1, dtype=jnp.float32)
+        (state, s2), out = jax.lax.scan(body, (state, s2), idx)
+        return state, s2, out
+
+    state = warm_state
+    s2 = jnp.zeros_like(state.z)
+    i0 = jnp.zeros((), jnp.float32)
     t0 = time.perf_counter()
-    mcmc.run(k_sample, extra_fields=("num_steps",))
-    jax.block_until_ready(mcmc.get_samples())
-    compile_run_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    mcmc.run(k_sample, extra_fields=("num_steps",))
-    x = mcmc.get_samples(group_by_chain=True)  # (n, T, d)
-    jax.block_until_ready(x)
-    secs = time.perf_counter() - t0
-    m2 = np.asarray(jnp.mean(x**2, axis=0))
-    steps = np.asarray(mcmc.get_extra_fields(group_by_chain=True)["num_steps"]).T  # (T, n)
-    grads, s, bg, bs, b2 = _jax_cost(m2, steps, target, secs)
-    note = (
-        f"compile+run {compile_run_s:.1f}s vs run {secs:.1f}s; warm-up {tune_compile_s:.1f}s vs {tune_s:.1f}s"
-    )
-    return Result(grads, s, bg, bs, tune_g, tune_s, b2, note)
+    chunk_fn = jax.jit(chunk).lower(state, s2, i0).compile()
+    compile_s = time.perf_counter() - t0
+    tracker = Tracker(max_steps, time_limit)
+    done, grads0, secs0 = 0, 0.0, 0.0
+    while True:
+        t0 = time.perf_counter()
+        state, s2, (b2, steps) = jax.block_until_ready(chunk_fn(state, s2, i0 + done))
+        dt = time.perf_counter() - t0
+        cg, cs = _jax_chunk_costs(np.asarray(steps), grads0, secs0, dt)
+        done += CHUNK
+        grads0, secs0 = cg[-1], cs[-1]
+        if tracker.add(np.asarray(b2), cg, cs):
+            break
+    eps = np.asarray(state.adapt_state.step_size)
+    note = f"eps median {np.median(eps):.3g}; sampling compile {compile_s:.1f}s; tuning s include compiling"
+    return tracker.result(tune_g, tune_s, note)
 
 
 # -- report ----------------------------------------------------------------------------------
 
 
-def _fmt_g(r: Result | None) -> str:
+def _fmt_g(r: Result | None, red: str) -> str:
     if r is None:
         return "–"
-    return f"{r.grads:,.0f}" if r.grads is not None else f">{r.budget_grads:,.0f}"
+    g = r.grads[red]
+    return f"{g:,.0f}" if g is not None else f">{r.budget_grads:,.0f}"
 
 
-def _fmt_s(r: Result | None) -> str:
+def _fmt_s(r: Result | None, red: str) -> str:
     if r is None:
         return "–"
-    return f"{r.seconds:.2f}" if r.seconds is not None else f">{r.budget_seconds:.2f}"
+    s = r.seconds[red]
+    return f"{s:.2f}" if s is not None else f">{r.budget_seconds:.1f}"
 
 
-def _ratio(a: Result | None, b: Result | None, attr: str) -> str:
+def _ratio(a: Result | None, b: Result | None, attr: str, red: str) -> str:
     if a is None or b is None:
         return "–"
-    va, vb = getattr(a, attr), getattr(b, attr)
-    if va is None or vb is None:
+    va, vb = getattr(a, attr)[red], getattr(b, attr)[red]
+    budget = "budget_grads" if attr == "grads" else "budget_seconds"
+    if va is None and vb is None:
         return "n/a"
+    if va is None:  # ours did not reach it: at least budget / theirs
+        return f">{getattr(a, budget) / vb:.2f}"
+    if vb is None:
+        return f"<{va / getattr(b, budget):.2f}"
     return f"{va / vb:.2f}"
 
 
@@ -380,14 +483,25 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     p.add_argument("--chains", type=int, default=128)
-    p.add_argument("--max-steps", type=int, default=5000, help="post-warm-up transitions per chain")
-    p.add_argument("--warmup", type=int, default=1000, help="warm-up transitions per chain (all samplers)")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help=f"post-warm-up transitions (default per target: {DEFAULT_MAX_STEPS})",
+    )
+    p.add_argument("--warmup", type=int, default=500, help="warm-up transitions per chain (all samplers)")
+    p.add_argument(
+        "--time-limit", type=float, default=45.0, help="seconds of sampling per sampler and target"
+    )
     p.add_argument("--num-leapfrog", type=int, default=10, help="leapfrog steps per transition of our HMC")
-    p.add_argument("--samplers", nargs="+", default=["ours", "chees", "blackjax", "numpyro"])
-    p.add_argument("--quick", action="store_true", help="smoke run: warm-up 100, 200 steps")
+    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest here)")
+    p.add_argument("--samplers", nargs="+", default=["chees", "ours", "blackjax", "numpyro"])
+    p.add_argument(
+        "--quick", action="store_true", help="smoke run: warm-up 200, ≤ 300 transitions, 20 s limit"
+    )
     args = p.parse_args()
     if args.quick:
-        args.warmup, args.max_steps = 100, 200
+        args.warmup, args.max_steps, args.time_limit = 200, args.max_steps or 300, 20.0
 
     import jax
     import jaxlib
@@ -395,78 +509,83 @@ def main() -> None:
     versions = {"torch": torch.__version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__}
     for mod in ("blackjax", "numpyro"):
         versions[mod] = __import__(mod).__version__
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
     print(f"# bench_mcmc — {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}; jax devices {jax.devices()}"
+        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} (eager, one process); "
+        f"jax devices {jax.devices()} (XLA CPU, default threading)"
     )
     print(
         "versions: "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
         + f", python {platform.python_version()}"
     )
+    steps_desc = args.max_steps if args.max_steps else DEFAULT_MAX_STEPS
     print(
-        f"chains {args.chains}, warm-up {args.warmup} transitions, max {args.max_steps} post-warm-up "
-        f"transitions, our HMC L={args.num_leapfrog}, float32, threshold b²(max) < {THRESHOLD}\n",
+        f"chains {args.chains}, warm-up {args.warmup} transitions, "
+        f"max post-warm-up transitions {steps_desc}, "
+        f"sampling time limit {args.time_limit:.0f}s per sampler, our HMC L={args.num_leapfrog}, float32, "
+        f"threshold b² < {THRESHOLD} (b² per chain, averaged over chains)\n",
         flush=True,
     )
 
     # Untimed warm-up of torch (first-call allocator/thread start-up, ~seconds), so that the
     # first target's timings are not inflated.
-    run_ours_hmc(Banana(), torch.randn(args.chains, 2), 20, 5, 2)
+    run_ours_hmc(Banana(), torch.randn(args.chains, 2), 20, 5, 10.0, 2)
 
     rows = []
     for name in args.targets:
         target = TARGETS[name]()
+        max_steps = math.ceil((args.max_steps or DEFAULT_MAX_STEPS[name]) / CHUNK) * CHUNK
         init = torch.randn(args.chains, target.dim, generator=torch.Generator().manual_seed(42))
         f = jax_logdensity(target)
         print(f"[{name}] jax/torch check: {check_jax_target(target, f)}", flush=True)
         res: dict[str, Result | None] = {}
         for s in args.samplers:
             t0 = time.perf_counter()
+            common = (target, init, args.warmup, max_steps, args.time_limit)
             if s == "ours":
-                res[s] = run_ours_hmc(target, init, args.warmup, args.max_steps, args.num_leapfrog)
+                r = run_ours_hmc(*common, args.num_leapfrog)
             elif s == "chees":
-                res[s] = run_ours_chees(target, init, args.warmup, args.max_steps)
+                r = run_ours_chees(*common)
             elif s == "blackjax":
-                res[s] = run_blackjax(target, init, args.warmup, args.max_steps, f)
+                r = run_blackjax(*common, f)
             elif s == "numpyro":
-                res[s] = run_numpyro(target, init, args.warmup, args.max_steps, f)
-            r = res[s]
-            if r is None:
-                print(f"[{name}] {s}: not available (hook)", flush=True)
-                continue
+                r = run_numpyro(*common, f)
+            else:
+                raise ValueError(s)
+            res[s] = r
             print(
-                f"[{name}] {s}: grads {_fmt_g(r)}, s {_fmt_s(r)}, tuning {r.tune_grads:,.0f} grads "
-                f"{r.tune_seconds:.1f}s, final b² {r.final_b2:.3g}, {r.note} "
+                f"[{name}] {s}: grads max {_fmt_g(r, 'max')} / avg {_fmt_g(r, 'avg')}, "
+                f"s max {_fmt_s(r, 'max')} / avg {_fmt_s(r, 'avg')}, {r.steps} transitions; "
+                f"tuning {r.tune_grads:,.0f} grads {r.tune_seconds:.1f}s; "
+                f"final b² max {r.final_b2['max']:.3g} avg {r.final_b2['avg']:.3g}; {r.note} "
                 f"(total {time.perf_counter() - t0:.0f}s)",
                 flush=True,
             )
         rows.append((name, res))
 
-    ours_rows = [("ours HMC", "ours")] + (
-        [("ours ChEES", "chees")] if any(r.get("chees") for _, r in rows) else []
-    )
     print("\n## Cost to b² < 0.01 (gradient calls per chain, seconds), tuning excluded\n")
-    for label, key in ours_rows:
-        print(f"### {label}\n")
-        print(
-            "| target | ours grads | BlackJAX NUTS grads | NumPyro NUTS grads "
-            "| ours s | BlackJAX s | NumPyro s | grads ours/BJ | grads ours/NP | s ours/BJ | s ours/NP |"
-        )
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for name, res in rows:
-            o, b, n = res.get(key), res.get("blackjax"), res.get("numpyro")
+    ours = [(lbl, k) for lbl, k in (("ours ChEES", "chees"), ("ours HMC", "ours")) if k in args.samplers]
+    for red in REDUCTIONS:
+        for label, key in ours:
+            print(f"### b²{red}, {label}\n")
             print(
-                f"| {name} | {_fmt_g(o)} | {_fmt_g(b)} | {_fmt_g(n)} "
-                f"| {_fmt_s(o)} | {_fmt_s(b)} | {_fmt_s(n)} "
-                f"| {_ratio(o, b, 'grads')} | {_ratio(o, n, 'grads')} "
-                f"| {_ratio(o, b, 'seconds')} | {_ratio(o, n, 'seconds')} |"
+                "| target | ours grads | BlackJAX NUTS grads | NumPyro NUTS grads "
+                "| ours s | BlackJAX s | NumPyro s | grads ours/BJ | s ours/NP |"
             )
-        print()
+            print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+            for name, res in rows:
+                o, b, n = res.get(key), res.get("blackjax"), res.get("numpyro")
+                print(
+                    f"| {name} | {_fmt_g(o, red)} | {_fmt_g(b, red)} | {_fmt_g(n, red)} "
+                    f"| {_fmt_s(o, red)} | {_fmt_s(b, red)} | {_fmt_s(n, red)} "
+                    f"| {_ratio(o, b, 'grads', red)} | {_ratio(o, n, 'seconds', red)} |"
+                )
+            print()
     print("## Tuning (warm-up) cost, gradient calls per chain / seconds\n")
-    labels = [k for k in ("ours", "chees", "blackjax", "numpyro") if any(r.get(k) for _, r in rows)]
+    labels = [k for k in ("chees", "ours", "blackjax", "numpyro") if k in args.samplers]
     print("| target | " + " | ".join(f"{k} grads | {k} s" for k in labels) + " |")
     print("|---|" + "---:|" * (2 * len(labels)))
     for name, res in rows:

@@ -11,9 +11,16 @@ of HMC kernels with fixed L, each of which leaves π invariant, so the jittered 
 
 Warm-up (``run_chees_warmup``) adapts
 
-* ε by dual averaging (Hoffman & Gelman 2014, Alg. 5; ``base.DualAveraging``) on the mean
-  acceptance probability over chains, towards δ = 0.651 (Beskos et al. 2013's asymptotically
-  optimal HMC acceptance, the target used by Hoffman et al. 2021);
+* ε by dual averaging (Hoffman & Gelman 2014, Alg. 5; ``base.DualAveraging``) on the
+  harmonic mean over chains of the acceptance probabilities, n / Σ_m 1/α_m, towards
+  δ = 0.651 (Beskos et al. 2013's asymptotically optimal HMC acceptance), as Hoffman et al.
+  2021 do. All chains share one ε, and the harmonic mean is dominated by the chains that
+  accept least, so ε is set for the worst-placed chains instead of the typical one: with the
+  arithmetic mean a minority of chains in high-curvature regions can rarely accept while the
+  mean is on target, and such chains bias per-chain estimates (on the Banana the per-chain
+  b² of ``benchmarks/bench_mcmc.py`` then stalls near 0.17; see docs/benchmarks.md). The cost
+  is a smaller ε where curvature varies a lot (Neal's funnel). ``acceptance_mean="arithmetic"``
+  keeps the plain mean;
 * log T by Adam ascent on a stochastic estimate of the gradient of the ChEES criterion
 
       ChEES(T) = ¼ E[(‖x' − E[x]‖² − ‖x − E[x]‖²)²],
@@ -260,7 +267,7 @@ def run_chees_warmup(
     max_log_update: float = 0.35,
     max_num_steps: int = 1000,
     jitter: Literal["halton", "uniform"] = "halton",
-    acceptance_mean: Literal["arithmetic", "harmonic"] = "arithmetic",
+    acceptance_mean: Literal["arithmetic", "harmonic"] = "harmonic",
     adapt_mass: bool = True,
 ) -> tuple[ChEESHMC, State]:
     """Tune ε, T and a diagonal M⁻¹ for ``ChEESHMC`` with the n chains of ``position`` (n, d).
@@ -268,8 +275,8 @@ def run_chees_warmup(
     Per step i (jitter u_i = Halton(i + 1) in base 2, or U(0, 1] from ``generator``):
 
     1. one ChEES-HMC transition with the current (ε_i, T_i, M⁻¹);
-    2. ε: ``DualAveraging(target_accept)`` on the mean acceptance probability over chains
-       (``acceptance_mean="harmonic"`` uses n / Σ 1/α_m instead);
+    2. ε: ``DualAveraging(target_accept)`` on the harmonic mean n / Σ 1/α_m of the chains'
+       acceptance probabilities (``acceptance_mean="arithmetic"``: their plain mean);
     3. log T_{i+1} = log T_i + clip(Adam(ĝ_i), ±``max_log_update``) with ĝ_i from
        ``chees_gradient``, then T clipped to ≤ ε_{i+1}·``max_num_steps``; the returned
        T is the iterate average log T̄ ← w log T + (1 − w) log T̄, w = k^{-1/2} (k counts the
