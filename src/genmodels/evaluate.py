@@ -492,8 +492,9 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score a model against a target, as a dict for tables and JSON.
 
-    Draws n model samples once (on the model's device, with a generator seeded from
-    ``generator`` there). Keys:
+    Draws model samples once (on the model's device, with a generator seeded from
+    ``generator`` there): n for the grid KL of a sample-only model, else only the
+    ``max(mode_n, energy_n)`` that the mode metrics and the energy distance use. Keys:
 
     - ``target``, ``family``, ``n_samples``;
     - ``kl``, ``kl_stderr``, ``kl_kind``, ``kl_method`` (:func:`kl_to_truth`; the grid method
@@ -510,7 +511,10 @@ def evaluate_model(
     A KL of +inf stays a float; ``json.dumps`` writes it as ``Infinity``.
     """
     g = _generator(generator)
-    samples = model.sample(n, generator=_model_generator(model, g)).detach().cpu().float()
+    # With a log-density the KL needs only target samples; model samples serve the mode
+    # metrics and the energy distance (sampling is the slow part for MCMC-based models).
+    n_model = max(mode_n, energy_n) if model.has_log_prob else n
+    samples = model.sample(n_model, generator=_model_generator(model, g)).detach().cpu().float()
     out: dict[str, Any] = {
         "target": target.name,
         "family": getattr(model, "family", type(model).__name__),

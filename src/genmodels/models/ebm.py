@@ -83,8 +83,9 @@ LOG_2PI = math.log(2.0 * math.pi)
 class EBMConfig(ModelConfig):
     """Options of the energy-based model."""
 
-    method: Method = "mle"
-    """learning rule: mle (MCMC maximum likelihood), cd (contrastive divergence), nce"""
+    method: Method = "nce"
+    """learning rule: nce (noise-contrastive estimation, no sampling: the robust default),
+    mle (maximum likelihood by MCMC), cd (contrastive divergence)"""
     energy: Literal["mlp", "quadratic"] = "mlp"
     """the network f: an MLP, or a quadratic −½uᵀWu + bᵀu (a Gaussian energy)"""
     hidden: int = 128
@@ -97,6 +98,8 @@ class EBMConfig(ModelConfig):
     """q: a Gaussian fitted to the data, or a RealNVP flow trained on the data first"""
     flow_steps: int = 3000
     """training steps of the flow reference (reference=flow)"""
+    reference_mix: float = 0.5
+    """weight w of the fitted Gaussian in the flow reference q = (1 − w)·flow + w·Gaussian"""
     chains: Literal["persistent", "short-run"] = "persistent"
     """mle: persistent chains with a replay buffer, or short-run chains from q every step"""
     kernel: KernelName = "mala"
@@ -112,8 +115,15 @@ class EBMConfig(ModelConfig):
     """persistent chains kept in the replay buffer"""
     reinit: float = 0.05
     """fraction of the persistent chains restarted from q at each step"""
+    reinit_from: Literal["reference", "data"] = "reference"
+    """where restarted (and initial) persistent chains start: draws of q, or data points (as
+    in contrastive divergence; the chains then run on and forget their start)"""
     energy_reg: float = 0.0
     """weight α of the penalty α·(mean f(x)² + mean f(x̃)²) (Du & Mordatch 2019); 0 is pure MLE"""
+    gap_reg: float = 0.0
+    """weight γ of the penalty γ·(mean f(x) − mean f(x̃))²: zero in expectation where the model
+    fits (there E_data f = E_model f), it stops the energy from running away from chains that
+    cannot follow"""
     grid_size: int = 400
     """cells per axis of the quadrature grid for log Z in 1-D and 2-D"""
     max_energy_gap: float = 1e4
@@ -203,20 +213,37 @@ class EBM(Model):
         """The negative energy f_θ(u), shape (n,)."""
         return self.f_net(u).squeeze(-1)
 
-    def log_q(self, u: torch.Tensor) -> torch.Tensor:
-        """log q(u) of the reference, shape (n,)."""
-        if self.config.reference == "flow":
-            return self.flow.log_prob(u).values
+    def _log_gaussian(self, u: torch.Tensor) -> torch.Tensor:
         z = torch.linalg.solve_triangular(self.ref_chol, (u - self.ref_mean).T, upper=False).T
         log_det = torch.log(torch.diagonal(self.ref_chol)).sum()
         return -0.5 * (z**2).sum(-1) - log_det - 0.5 * self.dim * LOG_2PI
 
-    def sample_q(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n draws from the reference q, in u."""
-        if self.config.reference == "flow":
-            return self.flow.sample(n, generator=generator)
+    def _sample_gaussian(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         z = torch.randn(n, self.dim, generator=generator, dtype=self.ref_mean.dtype, device=self.device)
         return self.ref_mean + z @ self.ref_chol.T
+
+    def log_q(self, u: torch.Tensor) -> torch.Tensor:
+        """log q(u) of the reference, shape (n,). The flow reference is the defensive mixture
+        q = (1 − w)·flow + w·Gaussian, w = ``reference_mix``, so that q covers the data even
+        where the flow left a hole (a region NCE's noise never visits cannot be corrected)."""
+        if self.config.reference != "flow":
+            return self._log_gaussian(u)
+        w = self.config.reference_mix
+        log_flow = self.flow.log_prob(u).values + math.log1p(-w)
+        if w == 0:
+            return log_flow
+        return torch.logaddexp(log_flow, self._log_gaussian(u) + math.log(w))
+
+    def sample_q(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n draws from the reference q, in u."""
+        if self.config.reference != "flow":
+            return self._sample_gaussian(n, generator)
+        x = self.flow.sample(n, generator=generator)
+        w = self.config.reference_mix
+        if w == 0:
+            return x
+        pick = torch.rand(n, generator=generator, device=self.device) < w
+        return torch.where(pick[:, None], self._sample_gaussian(n, generator), x)
 
     def unnormalized(self, u: torch.Tensor) -> torch.Tensor:
         """log p̃(u) = f(u) + log q(u), the log-density the samplers follow; (n,)."""
@@ -316,7 +343,12 @@ class EBM(Model):
         if self.config.reference == "flow":
             self._train_flow(u, progress)
         if self.chains.numel():
-            self.chains.copy_(self.sample_q(self.chains.shape[0], _on(generator, self.device)))
+            g = _on(generator, self.device)
+            if self.config.reinit_from == "data":
+                idx = torch.randint(u.shape[0], (self.chains.shape[0],), generator=g, device=self.device)
+                self.chains.copy_(u[idx])
+            else:
+                self.chains.copy_(self.sample_q(self.chains.shape[0], g))
         self.prepared.fill_(True)
 
     def _train_flow(self, u: torch.Tensor, progress: bool) -> None:
@@ -371,7 +403,8 @@ class EBM(Model):
             idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
             start = self.chains[idx]
             fresh = torch.rand(n, generator=generator, device=self.device) < c.reinit
-            start = torch.where(fresh[:, None], self.sample_q(n, generator), start)
+            restart = u.detach() if c.reinit_from == "data" else self.sample_q(n, generator)
+            start = torch.where(fresh[:, None], restart, start)
         if idx is None:  # one step size for all chains, adapted by their mean acceptance
             eps = self.mcmc_step_size.to(u.dtype)
             neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, float(eps))
@@ -388,6 +421,8 @@ class EBM(Model):
         loss = f_neg.mean() - f_data.mean()
         if c.energy_reg > 0:
             loss = loss + c.energy_reg * ((f_data**2).mean() + (f_neg**2).mean())
+        if c.gap_reg > 0:
+            loss = loss + c.gap_reg * (f_data.mean() - f_neg.mean()) ** 2
         return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
 
     def _nce_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
@@ -599,6 +634,7 @@ def _validate(c: EBMConfig) -> None:
         (c.step_size > 0, f"step_size must be positive, got {c.step_size}"),
         (c.buffer_size >= 1, f"buffer_size must be >= 1, got {c.buffer_size}"),
         (0.0 <= c.reinit <= 1.0, f"reinit must be in [0, 1], got {c.reinit}"),
+        (0.0 <= c.reference_mix < 1.0, f"reference_mix must be in [0, 1), got {c.reference_mix}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
         (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
     ]
