@@ -23,30 +23,34 @@ least as many transitions again as it took them to get there; the same rule, at 
 chunk boundaries, for every sampler. A cost not reached by the end of the run is ``>N``
 (N = gradient calls or seconds spent).
 
-Gradient-call convention (identical for all samplers): one gradient call = one evaluation of
-∇ log p at one chain's position. Ours: the log-density passed to the sampler is wrapped in a
-counter; every call evaluates the batch of all chains and is followed by exactly one autograd
-gradient, so it counts as 1 gradient call per chain (HMC: L per transition; ChEES: the jittered
-L of the transition, the same for all chains; +1 at initialisation). NUTS: the per-chain
-``num_integration_steps`` (BlackJAX) / ``num_steps`` (NumPyro) of each transition, averaged
-over chains (under ``vmap`` all chains wait for the longest trajectory, so wall-clock follows
-the per-transition maximum while the grads reported are the per-chain mean — favourable to
-NUTS).
+Gradient-call convention (identical for all samplers): one gradient call = one evaluation of ∇
+log p at one chain's position. Ours: the log-density passed to the sampler is wrapped in a
+counter; every call (eager log-density followed by exactly one autograd gradient, or one call
+of the compiled value_and_grad) evaluates the batch of all chains, so it counts as 1 gradient
+call per chain (HMC: L per transition; ChEES: the jittered L of the transition, the same for
+all chains; +1 at initialisation). NUTS: the per-chain ``num_integration_steps`` (BlackJAX) /
+``num_steps`` (NumPyro) of each transition, averaged over chains (under ``vmap`` all chains
+wait for the longest trajectory, so wall-clock follows the per-transition maximum while the
+grads reported are the per-chain mean — favourable to NUTS).
 
-Wall-clock: ours (eager PyTorch) is the sum of the ``kernel.step`` times (the b² bookkeeping
-between steps is not timed). JAX: compilation is excluded — BlackJAX functions are compiled
-ahead of time (``jit(...).lower(...).compile()``); NumPyro's warm-up is run once untimed (it
-also counts the tuning grads) and then timed, and its first sampling chunk is run once untimed
-before the timed chunks. A JAX chunk is one XLA call; within it, the time to threshold is
-interpolated by the cumulative per-transition maximum of leapfrog steps. BlackJAX computes the
-running sums and b² inside its ``lax.scan``; NumPyro returns the chunk's samples, from which
-they are computed with numpy (not timed). Tuning (warm-up) grads and seconds are reported
-separately and are not part of the cost.
+Wall-clock: ours (eager PyTorch; by default the log-density and its gradient come from one
+``torch.compile``d graph, ``genmodels.samplers.hmc.CompiledLogDensity``, ``--eager`` turns that
+off; its compilation, ~2 s per target, is inside the tuning seconds, TorchInductor's one-time
+start-up is spent untimed before the first target) is the sum of the ``kernel.step`` times (the
+b² bookkeeping between steps is not timed). JAX: compilation is excluded — BlackJAX functions
+are compiled ahead of time (``jit(...).lower(...).compile()``); NumPyro's warm-up is run once
+untimed (it also counts the tuning grads) and then timed, and its first sampling chunk is run
+once untimed before the timed chunks. A JAX chunk is one XLA call; within it, the time to
+threshold is interpolated by the cumulative per-transition maximum of leapfrog steps. BlackJAX
+computes the running sums and b² inside its ``lax.scan``; NumPyro returns the chunk's samples,
+from which they are computed with numpy (not timed). Tuning (warm-up) grads and seconds are
+reported separately and are not part of the cost.
 
     pip install -e '.[bench]'
     python benchmarks/bench_mcmc.py --quick          # smoke run, a few minutes on 2 cores
     python benchmarks/bench_mcmc.py [--targets gauss100 banana ...] [--chains 128]
-        [--max-steps N] [--warmup 500] [--time-limit 45] [--threads 1]
+        [--max-steps N] [--warmup 500] [--time-limit 45] [--threads 1] [--eager]
+        [--chees criterion=chees step_size_adaptation=per_chain ...]
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ from genmodels.distributions.mcmc_targets import (
     Rosenbrock,
 )
 from genmodels.samplers.base import run_warmup
-from genmodels.samplers.hmc import HMC
+from genmodels.samplers.hmc import HMC, CompiledLogDensity
 
 THRESHOLD = 0.01
 LOG_2PI = math.log(2.0 * math.pi)
@@ -168,17 +172,29 @@ class Tracker:
 # -- ours ------------------------------------------------------------------------------------
 
 
+COMPILE = True  # ours: log-density and gradient through ``CompiledLogDensity`` (--eager: off)
+
+
 class CountingLogDensity:
     """Wraps a batched log-density; each call (batch of all chains, followed by one autograd
-    gradient in ``value_and_grad``) counts as one gradient call per chain."""
+    gradient in ``value_and_grad``) counts as one gradient call per chain. With ``COMPILE`` the
+    leapfrog integrator gets (value, gradient) from ``value_and_grad``, one ``torch.compile``d
+    graph (``genmodels.samplers.hmc.CompiledLogDensity``), also counted once per call."""
 
     def __init__(self, fn):
         self.fn = fn
         self.calls = 0
+        if COMPILE:
+            self._compiled = CompiledLogDensity(fn)
+            self.value_and_grad = self._counted_value_and_grad
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.fn(x)
+
+    def _counted_value_and_grad(self, x: torch.Tensor):
+        self.calls += 1
+        return self._compiled.value_and_grad(x)
 
 
 def _sample_torch(kernel, state, counter, target, max_steps, time_limit) -> Tracker:
@@ -219,19 +235,70 @@ def run_ours_hmc(target, init, n_warmup, max_steps, time_limit, num_leapfrog) ->
     return tracker.result(tune_g, tune_s, f"eps={warm.step_size:.3g}, L={num_leapfrog}")
 
 
+# Keyword arguments for run_chees_warmup, the same on every target; --chees KEY=VALUE overrides.
+# The coordinate-wise normalized ChEES criterion (see ``normalized_chees_gradient``) instead of
+# the paper's whitened ‖x − E x‖²: same T on Gaussians, no heavy-tailed coordinate dominates.
+CHEES_OPTIONS: dict = {"criterion": "normalized"}
+
+
 def run_ours_chees(target, init, n_warmup, max_steps, time_limit) -> Result:
     """ChEES-HMC (``genmodels.samplers.chees``): ``run_chees_warmup`` tunes ε, the trajectory
-    length T and a diagonal M⁻¹; then the tuned kernel samples."""
+    length T and a diagonal M⁻¹ (its defaults, the same on every target, unless ``--chees``
+    overrides them); then the tuned kernel samples."""
     from genmodels.samplers.chees import run_chees_warmup
 
     counter = CountingLogDensity(target.log_prob)
     g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
-    kernel, state = run_chees_warmup(init, counter, n_warmup, g)
+    kernel, state = run_chees_warmup(init, counter, n_warmup, g, **CHEES_OPTIONS)
     tune_s, tune_g = time.perf_counter() - t0, counter.calls
     tracker = _sample_torch(kernel, state, counter, target, max_steps, time_limit)
-    note = f"eps={kernel.step_size:.3g}, T={kernel.trajectory_length:.3g}"
+    eps = kernel.step_size
+    eps_s = (
+        f"{eps:.3g}"
+        if isinstance(eps, float)
+        else f"median {float(eps.median()):.3g} [{float(eps.min()):.3g}, {float(eps.max()):.3g}]"
+    )
+    note = f"eps={eps_s}, T={kernel.trajectory_length:.3g}, {CHEES_OPTIONS}"
     return tracker.result(tune_g, tune_s, note)
+
+
+def time_transitions(num_steps: int = 50, repeats: int = 30) -> None:
+    """ms per ChEES transition (128 chains, L = ``num_steps``, best of 3 × ``repeats``) on
+    Rosenbrock 36-D and the funnel: eager autograd, compiled ``value_and_grad`` (what the
+    benchmark's counter exposes) and ``CompiledLogDensity`` itself (fused compiled step)."""
+    from genmodels.samplers.base import init_state
+    from genmodels.samplers.chees import ChEESHMC
+
+    class ValueAndGradOnly:
+        def __init__(self, fn):
+            self.fn, self.value_and_grad = fn, CompiledLogDensity(fn).value_and_grad
+
+        def __call__(self, x):
+            return self.fn(x)
+
+    for name in ("rosenbrock", "funnel"):
+        target = TARGETS[name]()
+        x = 0.5 * torch.randn(128, target.dim, generator=torch.Generator().manual_seed(0))
+        kernel = ChEESHMC(0.01, 0.5 * num_steps / 50, torch.ones(target.dim), 1000)
+        g = torch.Generator().manual_seed(1)
+        cells = []
+        for label, f in (
+            ("eager", target.log_prob),
+            ("compiled value_and_grad", ValueAndGradOnly(target.log_prob)),
+            ("CompiledLogDensity (fused step)", CompiledLogDensity(target.log_prob)),
+        ):
+            state = init_state(x, f)
+            for _ in range(3):
+                kernel._transition(state, g, 1.0)
+            best = math.inf
+            for _ in range(3):
+                t0 = time.perf_counter()
+                for _ in range(repeats):
+                    kernel._transition(state, g, 1.0)
+                best = min(best, (time.perf_counter() - t0) / repeats)
+            cells.append(f"{label} {best * 1e3:.2f} ms ({best / num_steps * 1e6:.0f} µs/grad)")
+        print(f"[{name}] one transition, L={num_steps}: " + "; ".join(cells), flush=True)
 
 
 # -- JAX targets -----------------------------------------------------------------------------
@@ -495,11 +562,38 @@ def main() -> None:
     )
     p.add_argument("--num-leapfrog", type=int, default=10, help="leapfrog steps per transition of our HMC")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1 is fastest here)")
+    p.add_argument(
+        "--eager", action="store_true", help="ours without torch.compile (CompiledLogDensity) of ∇ log p"
+    )
+    p.add_argument(
+        "--chees",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override run_chees_warmup keyword arguments (numbers or strings)",
+    )
+    p.add_argument(
+        "--time-transitions",
+        action="store_true",
+        help="only time one ChEES transition (eager vs compiled gradients) and exit",
+    )
     p.add_argument("--samplers", nargs="+", default=["chees", "ours", "blackjax", "numpyro"])
     p.add_argument(
         "--quick", action="store_true", help="smoke run: warm-up 200, ≤ 300 transitions, 20 s limit"
     )
     args = p.parse_args()
+    global COMPILE
+    COMPILE = not args.eager
+    if args.time_transitions:
+        torch.set_num_threads(args.threads)
+        time_transitions()
+        return
+    for item in args.chees:
+        key, value = item.split("=", 1)
+        try:
+            CHEES_OPTIONS[key] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            CHEES_OPTIONS[key] = value
     if args.quick:
         args.warmup, args.max_steps, args.time_limit = 200, args.max_steps or 300, 20.0
 
@@ -513,7 +607,8 @@ def main() -> None:
     print(f"# bench_mcmc — {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(
         f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} (eager, one process); "
+        f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()} "
+        f"({'eager' if args.eager else 'eager sampler, torch.compile value_and_grad'}, one process); "
         f"jax devices {jax.devices()} (XLA CPU, default threading)"
     )
     print(
@@ -530,8 +625,9 @@ def main() -> None:
         flush=True,
     )
 
-    # Untimed warm-up of torch (first-call allocator/thread start-up, ~seconds), so that the
-    # first target's timings are not inflated.
+    # Untimed warm-up of torch (first-call allocator/thread start-up, ~seconds; with COMPILE
+    # also TorchInductor's one-time start-up, ~15 s), so that the first target's timings are not
+    # inflated. Each target's own compilation (~2 s) is part of its tuning seconds.
     run_ours_hmc(Banana(), torch.randn(args.chains, 2), 20, 5, 10.0, 2)
 
     rows = []

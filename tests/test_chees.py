@@ -14,6 +14,7 @@ from genmodels.samplers.chees import (
     ChEESHMC,
     chees_gradient,
     halton,
+    normalized_chees_gradient,
     run_chees_warmup,
 )
 from genmodels.samplers.diagnostics import ess
@@ -155,3 +156,74 @@ def test_harmonic_mean_option_runs():
     x0 = torch.randn(32, 4, generator=g, dtype=torch.float64)
     kernel, _ = run_chees_warmup(x0, lambda x: -0.5 * (x**2).sum(-1), 100, g, acceptance_mean="harmonic")
     assert math.isfinite(kernel.step_size) and 0 < kernel.trajectory_length < math.inf
+
+
+@pytest.mark.parametrize(("time", "sign"), [(1.0, 1.0), (2.5, -1.0)])
+def test_normalized_criterion_gradient_sign(time, sign):
+    # Standard normal as in test_criterion_gradient_sign: every coordinate's term has
+    # d/dlog t ∝ t sin 2t, > 0 at t = 1 and < 0 at t = 2.5.
+    g = torch.Generator().manual_seed(4)
+    scales = torch.ones(10, dtype=torch.float64)
+    kernel = ChEESHMC(step_size=0.05, trajectory_length=time)
+    state = kernel.init(
+        torch.randn(256, 10, generator=g, dtype=torch.float64) * scales,
+        lambda x: -0.5 * (x**2 / scales**2).sum(-1),
+    )
+    grads = []
+    for _ in range(10):
+        tr = kernel._transition(state, g, 1.0)
+        grads.append(
+            normalized_chees_gradient(
+                state.position, tr.proposal, tr.momentum, tr.info.acceptance_rate, tr.time
+            )
+        )
+        state = tr.state
+    assert sign * np.mean(grads) > 0
+
+
+def test_per_chain_step_sizes_leave_the_target_invariant():
+    # Fixed per-chain ε_m spanning 8× (L from their mean): every chain is a valid HMC chain,
+    # so starting from exact draws the pooled second moments stay at their true values.
+    g = torch.Generator().manual_seed(5)
+    n = 256
+    var = torch.logspace(-1, 0, 4, dtype=torch.float64)
+    eps = torch.logspace(-1.5, -0.6, n, dtype=torch.float64)
+    kernel = ChEESHMC(step_size=eps, trajectory_length=1.5, inverse_mass_matrix=var)
+    assert kernel.num_integration_steps(1.0) == math.ceil(1.5 / float(eps.mean()))
+    x0 = torch.randn(n, 4, generator=g, dtype=torch.float64) * var.sqrt()
+    state = kernel.init(x0, lambda x: -0.5 * (x**2 / var).sum(-1))
+    draws = []
+    for _ in range(60):
+        state, _ = kernel.step(state, g)
+        draws.append(state.position)
+    second = torch.stack(draws).pow(2).mean((0, 1)) / var
+    assert torch.all((second - 1).abs() < 0.1), second
+    with pytest.raises(ValueError):
+        ChEESHMC(step_size=torch.tensor([0.1, -0.1]), trajectory_length=1.0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"step_size_adaptation": "per_chain"},
+        {"criterion": "normalized"},
+        {"criterion": "chees_rate"},
+    ],
+    ids=lambda o: next(iter(o.values())),
+)
+def test_warmup_options_tune_a_gaussian(options):
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    var = torch.logspace(-1, 0, 8, dtype=torch.float64)
+    kernel, state = run_chees_warmup(x0, lambda x: -0.5 * (x**2 / var).sum(-1), 300, g, **options)
+    eps = kernel.step_size
+    if options.get("step_size_adaptation") == "per_chain":
+        assert isinstance(eps, torch.Tensor) and eps.shape == (64,) and bool((eps > 0).all())
+    else:
+        assert isinstance(eps, float) and eps > 0
+    # Whitened, every coordinate has angular frequency ≈ 1: T of order a quarter period.
+    assert 0.5 < kernel.trajectory_length < 6.0
+    draws, _, _ = run(kernel, state, 30, g)
+    assert torch.isfinite(draws).all()
+    with pytest.raises(ValueError):
+        run_chees_warmup(x0, lambda x: -0.5 * (x**2).sum(-1), 10, g, criterion="nope")

@@ -42,6 +42,22 @@ Warm-up (``run_chees_warmup``) adapts
   [ε, ε·max_num_steps], is what warm-up returns;
 * the diagonal M⁻¹ from the positions of all chains in Stan's doubling windows, exactly as
   ``base.run_warmup`` does (``warmup_windows``, ``regularized_variance``).
+
+Options of ``run_chees_warmup`` beyond the paper:
+
+* ``criterion="normalized"`` (the default; ``"chees"`` is the paper's): T ascends the
+  coordinate-wise normalized criterion Σ_i ¼E[(a'_i − a_i)²]/Var[a_i], a_i = (x_i − E x_i)² (``normalized_chees_gradient``), i.e.
+  ½ Σ_i (1 − lag-1 autocorrelation of a_i). For independent coordinates (a Gaussian in its
+  eigenbasis) ChEES is the unweighted sum of the same terms, so T's optimum is the same; with
+  heavy-tailed coordinates (Neal's funnel: the xᵢ, i ≥ 1, whose ‖·‖² is dominated by a few
+  chains in the mouth) ChEES follows those few chains, the normalized criterion weighs every
+  coordinate by its own spread. It is the default because it matched ChEES on the Gaussians
+  and Rosenbrock and needed fewer gradients on the Banana and the funnel in
+  ``benchmarks/bench_mcmc.py`` (docs/benchmarks.md);
+* ``criterion="chees_rate"``: ascend ChEES/T (ChEES per gradient evaluation, since E[L] ∝ T):
+  ∂ log(ChEES/T)/∂ log T ∝ ĝ − ChEES-estimate;
+* ``step_size_adaptation="per_chain"``: one dual averaging per chain on its own acceptance
+  probability, per-chain ε_m with one L = ⌈u·T/ε̄⌉ (ε̄ their mean), see ``ChEESHMC``.
 """
 
 from __future__ import annotations
@@ -73,6 +89,7 @@ __all__ = [
     "chees_criterion",
     "chees_gradient",
     "halton",
+    "normalized_chees_gradient",
     "run_chees_warmup",
 ]
 
@@ -107,7 +124,7 @@ class _Transition:
     info: ChEESInfo
     proposal: torch.Tensor  # (n, d) end of the trajectory, before accept/reject
     momentum: torch.Tensor  # (n, d) final momentum p'
-    time: float  # t = L·ε
+    time: float | torch.Tensor  # t = L·ε (per chain (n,) with per-chain ε)
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,16 +135,25 @@ class ChEESHMC:
     leapfrog steps (at least 1) for every chain with p ~ N(0, M) and accepts per chain with
     probability min(1, exp(−ΔH)). A non-finite ΔH (e.g. a NaN log-density) is a rejection.
     ``inverse_mass_matrix`` is ``None`` (identity) or a positive (d,) diagonal.
+
+    ``step_size`` may also be a per-chain (n,) tensor ε_m: then L = ⌈u·T/ε̄⌉ with ε̄ the mean
+    of the ε_m, still one L for all chains (so the step batches), and chain m integrates its L
+    steps with its own ε_m, i.e. for a time L·ε_m. Each chain's kernel is then a jittered HMC
+    kernel with fixed ε_m, so every chain still leaves π invariant.
     """
 
-    step_size: float
+    step_size: float | torch.Tensor
     trajectory_length: float
     inverse_mass_matrix: torch.Tensor | None = None
     max_num_steps: int = 1000
 
     def __post_init__(self) -> None:
-        if not (self.step_size > 0 and math.isfinite(self.step_size)):
-            raise ValueError(f"step_size must be positive and finite, got {self.step_size}")
+        eps = self.step_size
+        if isinstance(eps, torch.Tensor):
+            if eps.ndim != 1 or not bool(((eps > 0) & torch.isfinite(eps)).all()):
+                raise ValueError("a per-chain step_size must be a positive, finite (n,) tensor")
+        elif not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"step_size must be positive and finite, got {eps}")
         if not (self.trajectory_length > 0 and math.isfinite(self.trajectory_length)):
             raise ValueError(f"trajectory_length must be positive and finite, got {self.trajectory_length}")
         if self.max_num_steps < 1:
@@ -140,9 +166,15 @@ class ChEESHMC:
         """State at ``position`` (n, d)."""
         return init_state(position, log_density)
 
+    @property
+    def reference_step_size(self) -> float:
+        """ε, or with per-chain step sizes their mean ε̄ (which sets L)."""
+        eps = self.step_size
+        return float(eps.double().mean()) if isinstance(eps, torch.Tensor) else eps
+
     def num_integration_steps(self, jitter: float) -> int:
-        """L = ⌈u·T/ε⌉ clipped to [1, ``max_num_steps``]."""
-        steps = math.ceil(jitter * self.trajectory_length / self.step_size)
+        """L = ⌈u·T/ε⌉ (ε̄ with per-chain step sizes) clipped to [1, ``max_num_steps``]."""
+        steps = math.ceil(jitter * self.trajectory_length / self.reference_step_size)
         return int(min(max(steps, 1), self.max_num_steps))
 
     def step(self, state: State, generator: torch.Generator) -> tuple[State, ChEESInfo]:
@@ -213,7 +245,7 @@ def chees_gradient(
     proposal: torch.Tensor,
     momentum: torch.Tensor,
     acceptance_rate: torch.Tensor,
-    time: float,
+    time: float | torch.Tensor,
     inverse_mass: torch.Tensor | None = None,
 ) -> float:
     """Estimate of ∂ChEES/∂log T for one jittered step (Algorithm 1):
@@ -223,8 +255,77 @@ def chees_gradient(
     (whitened norms; (z'−z̄')ᵀ ż' = (x'−x̄')ᵀ p' for z = x/√M⁻¹). Chains with α < 10⁻⁴ or a
     non-finite proposal or ĝ_m get weight 0. Returns 0 when no chain has weight."""
     c, x1_c, w = _centered_terms(position, proposal, acceptance_rate, inverse_mass)
+    if isinstance(time, torch.Tensor):  # per-chain trajectory times t_m (n,)
+        time = time.double()
     p1 = torch.nan_to_num(momentum.double(), nan=0.0, posinf=0.0, neginf=0.0)
     g = time * c * (x1_c * p1).sum(-1)
+    w = torch.where(torch.isfinite(g), w, torch.zeros_like(w))
+    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
+    total = float(w.sum())
+    return float((w * g).sum()) / total if total > 0 else 0.0
+
+
+class _PerChainDualAveraging:
+    """``base.DualAveraging`` (Hoffman & Gelman 2014, Alg. 5, same constants) run
+    independently for every chain on its own acceptance probability: tensors of shape (n,)."""
+
+    def __init__(self, adapter: DualAveraging, step_size: torch.Tensor) -> None:
+        self.a = adapter
+        self.log_eps = step_size.double().log()
+        self.mu = math.log(10.0) + self.log_eps
+        self.log_eps_avg = torch.zeros_like(self.log_eps)
+        self.error_avg = torch.zeros_like(self.log_eps)
+        self.t = 0
+
+    @property
+    def step_size(self) -> torch.Tensor:
+        return self.log_eps.exp()
+
+    @property
+    def final_step_size(self) -> torch.Tensor:
+        return self.log_eps_avg.exp()
+
+    def update(self, acceptance_rate: torch.Tensor) -> None:
+        alpha = torch.nan_to_num(acceptance_rate.double(), nan=0.0).clamp(0.0, 1.0)
+        self.t += 1
+        eta = 1.0 / (self.t + self.a.t0)
+        self.error_avg = (1.0 - eta) * self.error_avg + eta * (self.a.target_accept - alpha)
+        self.log_eps = self.mu - math.sqrt(self.t) / self.a.gamma * self.error_avg
+        w = self.t ** (-self.a.kappa)
+        self.log_eps_avg = w * self.log_eps + (1.0 - w) * self.log_eps_avg
+
+
+def normalized_chees_gradient(
+    position: torch.Tensor,
+    proposal: torch.Tensor,
+    momentum: torch.Tensor,
+    acceptance_rate: torch.Tensor,
+    time: float | torch.Tensor,
+    inverse_mass: torch.Tensor | None = None,
+) -> float:
+    """Estimate of ∂C/∂log T for the coordinate-wise normalized ChEES criterion
+
+        C(T) = ¼ Σ_i E[(a'_i − a_i)²] / Var[a_i],   a_i = (x_i − E x_i)²,
+
+    i.e. Σ_i ESJD(a_i) / (4 Var a_i) = ½ Σ_i (1 − ρ₁(a_i)) with ρ₁ the lag-1 autocorrelation of
+    the centered square of coordinate i. For independent coordinates (a Gaussian in its
+    eigenbasis) ChEES is Σ_i ¼E[(a'_i − a_i)²] and both have the same maximizer in T; C
+    weights every coordinate by its own scale instead of by its share of ‖x − E x‖², so no
+    heavy-tailed coordinate dominates and it does not depend on the mass matrix. Per chain
+
+        ĝ_m = t Σ_i (a'_{mi} − a_{mi}) (x'_{mi} − x̄'_i) ẋ'_{mi} / V_i,   ẋ' = M⁻¹ p',
+
+    V_i the variance over chains of a_{mi}, averaged with the weights of ``chees_gradient``."""
+    _, x1_c, w = _centered_terms(position, proposal, acceptance_rate, None)
+    x = position.double()
+    a = (x - x.mean(0)).pow(2)
+    a1 = x1_c.pow(2)
+    var_a = a.var(0).clamp_min(1e-30)
+    p1 = torch.nan_to_num(momentum.double(), nan=0.0, posinf=0.0, neginf=0.0)
+    v1 = p1 if inverse_mass is None else p1 * inverse_mass.double()
+    if isinstance(time, torch.Tensor):
+        time = time.double()
+    g = time * ((a1 - a) * x1_c * v1 / var_a).sum(-1)
     w = torch.where(torch.isfinite(g), w, torch.zeros_like(w))
     g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
     total = float(w.sum())
@@ -268,6 +369,8 @@ def run_chees_warmup(
     max_num_steps: int = 1000,
     jitter: Literal["halton", "uniform"] = "halton",
     acceptance_mean: Literal["arithmetic", "harmonic"] = "harmonic",
+    step_size_adaptation: Literal["shared", "per_chain"] = "shared",
+    criterion: Literal["chees", "chees_rate", "normalized"] = "normalized",
     adapt_mass: bool = True,
 ) -> tuple[ChEESHMC, State]:
     """Tune ε, T and a diagonal M⁻¹ for ``ChEESHMC`` with the n chains of ``position`` (n, d).
@@ -285,14 +388,30 @@ def run_chees_warmup(
        the window's positions of all chains; dual averaging restarts from the current ε and the
        T average restarts.
 
+    ``step_size_adaptation="per_chain"``: step 2 runs dual averaging separately for every chain
+    on its own acceptance probability (``acceptance_mean`` is then unused), giving per-chain
+    step sizes ε_m; L = ⌈u·T/ε̄⌉ with ε̄ their mean, chain m's trajectory lasts L·ε_m, and the
+    ChEES gradient uses each chain's own time t_m = L·ε_m. The clip of T uses ε̄.
+
+    ``criterion="normalized"``: step 3 uses ``normalized_chees_gradient`` (the coordinate-wise
+    normalized criterion); ``"chees_rate"``: ĝ − ``chees_criterion`` (ascent on ChEES/T).
+
     T starts at ``initial_trajectory_length`` (default: ``initial_step_size``, i.e. one step).
     Returns the tuned kernel (ε̄ of dual averaging, averaged T) and the final state.
     """
     generator = _check_generator(generator)
     if num_steps < 1:
         raise ValueError("num_steps must be >= 1")
+    if criterion not in ("chees", "chees_rate", "normalized"):
+        raise ValueError(f"unknown criterion {criterion!r}")
+    if step_size_adaptation not in ("shared", "per_chain"):
+        raise ValueError(f"unknown step_size_adaptation {step_size_adaptation!r}")
+    per_chain = step_size_adaptation == "per_chain"
     adapter = DualAveraging(target_accept=target_accept)
+    n = position.shape[0]
     da = adapter.init(initial_step_size)
+    if per_chain:
+        da_m = _PerChainDualAveraging(adapter, torch.full((n,), float(initial_step_size)))
     adam = _Adam(learning_rate, beta1, beta2)
     log_t = math.log(initial_trajectory_length or initial_step_size)
     log_t_avg, k = log_t, 0
@@ -301,25 +420,35 @@ def run_chees_warmup(
     state = init_state(position, log_density)
     collected: list[torch.Tensor] = []
     for i in range(num_steps):
-        eps = da.step_size
-        log_t = min(log_t, math.log(eps * max_num_steps))
+        eps = da_m.step_size.to(position.dtype) if per_chain else da.step_size
+        eps_ref = float(da_m.step_size.mean()) if per_chain else eps
+        log_t = min(log_t, math.log(eps_ref * max_num_steps))
         kernel = ChEESHMC(eps, math.exp(log_t), inverse_mass, max_num_steps)
         u = halton(i + 1) if jitter == "halton" else 1.0 - float(torch.rand((), generator=generator))
         previous = state
         tr = kernel._transition(state, generator, u)
         state, alpha = tr.state, tr.info.acceptance_rate.double()
-        if acceptance_mean == "harmonic":
-            mean_accept = float(1.0 / (1.0 / alpha.clamp_min(1e-10)).mean())
+        if per_chain:
+            da_m.update(alpha)
+            eps_ref = float(da_m.step_size.mean())
         else:
-            mean_accept = float(alpha.mean())
-        da = adapter.update(da, mean_accept)
+            if acceptance_mean == "harmonic":
+                mean_accept = float(1.0 / (1.0 / alpha.clamp_min(1e-10)).mean())
+            else:
+                mean_accept = float(alpha.mean())
+            da = adapter.update(da, mean_accept)
+            eps_ref = da.step_size
 
-        grad = chees_gradient(
+        gradient_fn = normalized_chees_gradient if criterion == "normalized" else chees_gradient
+        grad = gradient_fn(
             previous.position, tr.proposal, tr.momentum, tr.info.acceptance_rate, tr.time, inverse_mass
         )
+        if criterion == "chees_rate":  # ∂(ChEES/T)/∂log T ∝ ∂ChEES/∂log T − ChEES
+            value = chees_criterion(previous.position, tr.proposal, tr.info.acceptance_rate, inverse_mass)
+            grad -= float(value) if math.isfinite(float(value)) else 0.0
         update = adam.ascent_step(grad)
         log_t += min(max(update, -max_log_update), max_log_update)
-        log_t = min(log_t, math.log(da.step_size * max_num_steps))
+        log_t = min(log_t, math.log(eps_ref * max_num_steps))
         k += 1
         w = k**-0.5
         log_t_avg = w * log_t + (1.0 - w) * log_t_avg
@@ -329,8 +458,16 @@ def run_chees_warmup(
         if i + 1 in window_end:
             inverse_mass = regularized_variance(torch.cat(collected)).to(state.position.dtype)
             collected = []
-            da = adapter.init(da.step_size)
+            if per_chain:
+                da_m = _PerChainDualAveraging(adapter, da_m.step_size)
+            else:
+                da = adapter.init(da.step_size)
             k, log_t_avg = 0, log_t
+    if per_chain:
+        eps_final = da_m.final_step_size.to(position.dtype)
+        eps_ref = float(eps_final.double().mean())
+        trajectory = min(max(math.exp(log_t_avg), eps_ref), eps_ref * max_num_steps)
+        return ChEESHMC(eps_final, trajectory, inverse_mass, max_num_steps), state
     eps = da.final_step_size
     trajectory = min(max(math.exp(log_t_avg), eps), eps * max_num_steps)
     return ChEESHMC(eps, trajectory, inverse_mass, max_num_steps), state
