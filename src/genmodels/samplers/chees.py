@@ -47,8 +47,9 @@ Options of ``run_chees_warmup`` beyond the paper:
 
 * ``criterion="normalized"`` (the default; ``"chees"`` is the paper's): T ascends the
   coordinate-wise normalized criterion Σ_i ¼E[(a'_i − a_i)²]/Var[a_i], a_i = (x_i − E x_i)²
-  (``normalized_chees_gradient``), i.e. ½ Σ_i (1 − lag-1 autocorrelation of a_i). For independent coordinates (a Gaussian in its
-  eigenbasis) ChEES is the unweighted sum of the same terms, so T's optimum is the same; with
+  (``normalized_chees_gradient``), i.e. ½ Σ_i (1 − lag-1 autocorrelation of a_i). For
+  independent coordinates (a Gaussian in its eigenbasis) ChEES is the unweighted sum of the
+  same terms, so T's optimum is the same; with
   heavy-tailed coordinates (Neal's funnel: the xᵢ, i ≥ 1, whose ‖·‖² is dominated by a few
   chains in the mouth) ChEES follows those few chains, the normalized criterion weighs every
   coordinate by its own spread. It is the default because it matched ChEES on the Gaussians
