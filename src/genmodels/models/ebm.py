@@ -471,11 +471,12 @@ class EBM(Model):
 
     def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
         """Robbins–Monro step toward the kernel's target acceptance, per chain:
-        log Δt += 0.1·(acceptance − target); tracks the model as it changes."""
+        log Δt += κ·(acceptance − target), κ = ``STEP_ADAPT_RATE``; tracks the model as it
+        changes."""
         target = TARGET_ACCEPT.get(self.config.kernel)
         if target is None:  # unadjusted Langevin keeps its step size
             return step_size
-        return (step_size * torch.exp(0.1 * (acceptance - target))).clamp(1e-8, 10.0)
+        return (step_size * torch.exp(STEP_ADAPT_RATE * (acceptance - target))).clamp(1e-8, 10.0)
 
     # -- health -----------------------------------------------------------------------
     def _healthy(self, logs: dict[str, float]) -> bool:
@@ -581,6 +582,8 @@ class EBM(Model):
 
 #: healthy steps between in-memory snapshots used to recover from divergence
 SNAPSHOT_EVERY = 100
+#: κ of the Robbins–Monro step-size update log Δt += κ·(acceptance − target)
+STEP_ADAPT_RATE = 0.1
 
 
 def _kernel(name: str, step_size: float, leapfrog: int, inverse_mass: torch.Tensor | None = None):
