@@ -15,6 +15,9 @@ Kernels: ``Langevin`` (unadjusted, tutorial §4), ``MALA`` (Roberts & Tweedie 19
 Tempering (tutorial §4): ``ParallelTempering`` over the family π_β ∝ exp(β f) q.
 Noise levels: ``annealed_langevin`` (NCSN, Song & Ermon 2019).
 log Z: ``ais`` (annealed importance sampling, forward lower and reverse upper bounds).
+Speed: wrap a log-density in ``CompiledLogDensity`` and HMC / ChEES get its value and
+gradient from one ``torch.compile``d graph (≈ 4× faster per gradient on CPU for small
+targets; eager fallback if compiling fails).
 Diagnostics (Vehtari et al. 2021) take draws shaped (chains, draws[, dim]); the output of
 ``sample_chain`` is (draws, chains, dim), so pass ``draws.transpose(0, 1)``.
 """
@@ -48,7 +51,7 @@ from genmodels.samplers.diagnostics import (
     summarize,
     summary,
 )
-from genmodels.samplers.hmc import HMC, kinetic_energy, leapfrog
+from genmodels.samplers.hmc import HMC, CompiledLogDensity, kinetic_energy, leapfrog
 from genmodels.samplers.langevin import MALA, Langevin, langevin_proposal
 from genmodels.samplers.tempering import (
     ParallelTempering,
@@ -63,6 +66,7 @@ __all__ = [
     "MALA",
     "ChEESHMC",
     "ChainSummary",
+    "CompiledLogDensity",
     "DualAveraging",
     "DualAveragingState",
     "Info",
