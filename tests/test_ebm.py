@@ -316,3 +316,24 @@ def test_flow_reference_is_a_normalized_defensive_mixture(tmp_path: Path):
     u = torch.randn(16, 2)
     assert torch.allclose(restored.log_q(u), model.log_q(u))
     assert torch.allclose(restored.log_prob(u).values, model.log_prob(u).values, atol=1e-5)
+
+
+def test_lr_warmup_and_uniform_restarts():
+    """The loop's warm-up (the EBM's default: a quarter of the steps) raises the learning rate
+    linearly before the cosine decay; reinit_from="uniform" restarts chains over the box three
+    times the data's."""
+    cfg = TrainConfig(steps=100, lr=1e-2, warmup=0.2)
+    cosine = TrainConfig(steps=100, lr=1e-2)
+    for step in (0, 9, 19):
+        assert cfg.lr_at(step) == pytest.approx(cosine.lr_at(step) * (step + 1) / 20)
+    assert cfg.lr_at(50) == cosine.lr_at(50)
+    with pytest.raises(ValueError, match="warmup"):
+        TrainConfig(warmup=1.0).validate()
+    assert EBM.train_defaults["warmup"] == 0.25
+
+    model = _prepared(EBMConfig(method="mle", hidden=16, depth=1, buffer_size=100, reinit_from="uniform"))
+    x = get_target("8gaussians").sample(64, generator=torch.Generator().manual_seed(1))
+    starts = model._restarts(model.normalize(x), torch.Generator().manual_seed(2))
+    centre, width = 0.5 * (model.box_lo + model.box_hi), model.box_hi - model.box_lo
+    assert ((starts - centre).abs() <= 1.5 * width).all()
+    assert ((starts - centre).abs() > 0.5 * width).any()  # beyond the data's box

@@ -42,6 +42,8 @@ class TrainConfig:
     """peak learning rate"""
     schedule: Schedule = "cosine"
     """learning rate: "cosine" decays lr → 0 over ``steps``; "constant" keeps it"""
+    warmup: float = 0.0
+    """fraction of the steps over which the learning rate first rises linearly from 0"""
     seed: int = 0
     """seeds the initial weights, the data stream and the model's own randomness"""
     device: str = "cpu"
@@ -62,14 +64,17 @@ class TrainConfig:
             raise ValueError(f"eval-every must be >= 0, got {self.eval_every}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: cosine, constant")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
+        ramp = min(1.0, (step + 1) / (self.warmup * self.steps)) if self.warmup > 0 else 1.0
         if self.schedule == "constant":
-            return self.lr
-        return self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
+            return self.lr * ramp
+        return ramp * self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
 
 
 #: Data points handed to ``Model.prepare`` (and used for the standardization).

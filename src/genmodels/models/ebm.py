@@ -115,7 +115,7 @@ class EBMConfig(ModelConfig):
     """persistent chains kept in the replay buffer"""
     reinit: float = 0.05
     """fraction of the persistent chains restarted from q at each step"""
-    reinit_from: Literal["reference", "data"] = "reference"
+    reinit_from: Literal["reference", "data", "uniform"] = "reference"
     """where restarted (and initial) persistent chains start: draws of q, or data points (as
     in contrastive divergence; the chains then run on and forget their start)"""
     energy_reg: float = 0.0
@@ -170,7 +170,7 @@ class EBM(Model):
     Config: ClassVar[type[ModelConfig]] = EBMConfig
     SampleConfig: ClassVar[type[SampleConfig]] = EBMSampleConfig
     has_log_prob: ClassVar[bool] = True
-    train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-2, "batch_size": 256}
+    train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-2, "batch_size": 256, "warmup": 0.25}
     tour_steps: ClassVar[int] = 3000
     config: EBMConfig
 
@@ -403,7 +403,7 @@ class EBM(Model):
             idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
             start = self.chains[idx]
             fresh = torch.rand(n, generator=generator, device=self.device) < c.reinit
-            restart = u.detach() if c.reinit_from == "data" else self.sample_q(n, generator)
+            restart = self._restarts(u, generator)
             start = torch.where(fresh[:, None], restart, start)
         if idx is None:  # one step size for all chains, adapted by their mean acceptance
             eps = self.mcmc_step_size.to(u.dtype)
@@ -424,6 +424,17 @@ class EBM(Model):
         if c.gap_reg > 0:
             loss = loss + c.gap_reg * (f_data.mean() - f_neg.mean()) ** 2
         return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
+
+    def _restarts(self, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Starting points for restarted persistent chains, one per row of the batch ``u``."""
+        how = self.config.reinit_from
+        if how == "data":
+            return u.detach()
+        if how == "uniform":  # over the box three times as wide as the data's (the quadrature's outer box)
+            r = torch.rand(u.shape, generator=generator, dtype=u.dtype, device=self.device)
+            centre, width = 0.5 * (self.box_lo + self.box_hi), self.box_hi - self.box_lo
+            return centre + (r - 0.5) * 3.0 * width
+        return self.sample_q(u.shape[0], generator)
 
     def _nce_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """NCE: logistic loss of data (y=1) against as many draws of q (y=0), logit f + c."""
