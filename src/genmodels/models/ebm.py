@@ -9,7 +9,8 @@ q for noise-contrastive estimation and tempering (§3, §4). A reference does tw
 makes Z finite for any network whose output grows slower than quadratically (every MLP), and
 it is where chains are (re)started and the noise of NCE comes from. By default q is a
 Gaussian fitted to the (standardized) data; ``reference="flow"`` trains the library's
-RealNVP on the data first and uses it as q (flow-contrastive estimation, Gao et al. 2020).
+RealNVP on the data first and uses the defensive mixture q = (1 − w) flow + w Gaussian
+(flow-contrastive estimation, Gao et al. 2020; w = ``reference_mix``).
 The output layer of f starts at zero, so the untrained model is q itself.
 
 Methods (``method``):
@@ -22,9 +23,11 @@ Methods (``method``):
   the second expectation taken over synthesized examples x̃ drawn from p_θ by MCMC (the
   kernels of ``genmodels.samplers``). We minimise mean f(x̃) − mean f(x), whose gradient is
   −L'. Chains are ``"persistent"`` (a replay buffer of chains that continue from one step to
-  the next, a fraction ``reinit`` restarted from q each step; Tieleman 2008, Du & Mordatch
-  2019) or ``"short-run"`` (every step starts fresh from q and runs ``mcmc_steps`` steps;
-  Nijkamp et al. 2019: the learned short-run sampler, not p_θ, is then the model's sampler).
+  the next, each with its own MALA step size, a fraction ``reinit`` restarted each step;
+  Tieleman 2008, Du & Mordatch 2019) or ``"short-run"`` (every step starts fresh from q and
+  runs ``mcmc_steps`` steps; Nijkamp et al. 2019: the learned short-run sampler, not p_θ, is
+  then the model's sampler). Persistent chains do not mix between well-separated modes, so
+  the relative weights of such modes are not learned (docs/benchmarks.md, rings).
 - ``"cd"``: contrastive divergence, the same loss with chains started at the data batch
   (Hinton 2002). With C(θ) = KL(p_data‖p_θ) − KL(p_θt‖p_θ), the corrected form of tutorial §3
   ([C] in ``shared/tutorial.md``) is ∂C/∂θ = −E_data[∇f_θ] + E_{p_θt}[∇f_θ], the very
@@ -42,8 +45,9 @@ Everything happens in the standardized coordinates u = (x − shift)/scale of
 
 log Z: in 1-D and 2-D by quadrature on a grid (``genmodels.quadrature``; ``log_prob`` is then
 labelled exact, up to the grid error that :meth:`EBM.log_partition` reports), in any
-dimension by annealed importance sampling along the tutorial's tempered path
-π_β ∝ exp(β f) q (``genmodels.samplers.ais``; labelled an estimate, with its standard error).
+dimension by annealed importance sampling along the geometric path from N(0, I) to exp(f) q
+(the tutorial's tempering, §4; ``genmodels.samplers.ais``; labelled an estimate, with its
+standard error).
 
 Training health: every step logs the energy gap mean f(data) − mean f(samples), the mean
 norm of the chains' gradient ∇_u log p, and the acceptance rate. When the loss, the energies
