@@ -101,3 +101,12 @@ def test_unknown_names_list_the_choices(tmp_path: Path) -> None:
         load_data("nonesuch")
     with pytest.raises(DataError, match="no such file"):
         load_data(str(tmp_path / "missing.npy"))
+
+
+def test_no_data_is_a_clear_error_and_a_target_object_is_data():
+    from genmodels.distributions import get_target
+
+    with pytest.raises(DataError, match="no data given"):
+        load_data(None)
+    ds = load_data(get_target("moons"))
+    assert ds.dim == 2 and ds.target is not None and load_data(ds) is ds

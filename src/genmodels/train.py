@@ -77,7 +77,7 @@ class TrainConfig:
         return ramp * self.lr * 0.5 * (1.0 + math.cos(math.pi * step / self.steps))
 
 
-#: Data points handed to ``Model.prepare`` (and used for the standardization).
+#: Data points handed to ``Model.prepare`` before the first step of a fresh run.
 PREPARE_SAMPLES = 20_000
 
 

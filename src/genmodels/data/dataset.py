@@ -111,6 +111,8 @@ def load_data(spec: str | Target | Dataset) -> Dataset:
         return spec
     if isinstance(spec, Target):
         return Dataset(name=spec.name, dim=spec.dim, target=spec, source=spec.name)
+    if not isinstance(spec, str):
+        raise DataError(f"no data given (got {spec!r}); name a built-in target, 'digits', or a file")
     if spec in TARGETS:
         target = get_target(spec)
         return Dataset(name=spec, dim=target.dim, target=target, source=spec)
