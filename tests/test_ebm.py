@@ -337,3 +337,24 @@ def test_lr_warmup_and_uniform_restarts():
     centre, width = 0.5 * (model.box_lo + model.box_hi), model.box_hi - model.box_lo
     assert ((starts - centre).abs() <= 1.5 * width).all()
     assert ((starts - centre).abs() > 0.5 * width).any()  # beyond the data's box
+
+
+def test_tempered_persistent_chains_move_and_are_checkpointed(tmp_path: Path):
+    """temperatures=T keeps T − 1 hotter replicas per persistent chain (parallel tempering over
+    exp(β f̃) N(0, I)); they move, stay finite, and survive a checkpoint round trip."""
+    from genmodels.train import load_run
+
+    opts = {"method": "mle", "temperatures": 3, "hidden": 16, "depth": 1, "mcmc_steps": 3, "buffer_size": 64}
+    model = build_model("ebm", 2, opts)
+    target = get_target("rings")
+    model.set_normalization(torch.zeros(2), torch.full((2,), 1.5))
+    model.prepare(target.sample(500, generator=torch.Generator().manual_seed(0)), torch.Generator())
+    before = model.hot_chains.clone()
+    assert before.shape == (2, 64, 2)
+    run = train(model, target, TrainConfig(steps=20, batch_size=64, progress=False), out=tmp_path / "run")
+    hot = run.model.hot_chains
+    assert torch.isfinite(hot).all() and not torch.equal(hot, before)
+    restored, _ = load_run(tmp_path / "run")
+    assert torch.equal(restored.hot_chains, hot)
+    with pytest.raises(ValueError, match="temperatures"):
+        build_model("ebm", 2, {"temperatures": 0})

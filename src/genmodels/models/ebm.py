@@ -119,6 +119,10 @@ class EBMConfig(ModelConfig):
     """persistent chains kept in the replay buffer"""
     reinit: float = 0.05
     """fraction of the persistent chains restarted from q at each step"""
+    temperatures: int = 1
+    """persistent chains: replicas per chain on a geometric ladder β ∈ [0.01, 1] of the tempered
+    family exp(β f̃) N(0, I), f̃ = f + log q − log N(0, I), exchanged by parallel tempering
+    (tutorial §4) so that chains move between separated modes; 1 = no tempering"""
     reinit_from: Literal["reference", "data", "uniform"] = "reference"
     """where restarted (and initial) persistent chains start: draws of q, or data points (as
     in contrastive divergence; the chains then run on and forget their start)"""
@@ -202,6 +206,8 @@ class EBM(Model):
         size = c.buffer_size if c.method == "mle" and c.chains == "persistent" else 0
         self.register_buffer("chains", torch.zeros(size, dim))
         self.register_buffer("chain_step", torch.full((size,), float(c.step_size)))
+        hot = c.temperatures - 1 if size else 0
+        self.register_buffer("hot_chains", torch.zeros(hot, size, dim))
         # Adapted MCMC step size, learning-rate factor and restarts: all checkpointed.
         self.register_buffer("mcmc_step_size", torch.tensor(float(c.step_size), dtype=torch.float64))
         self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64))
@@ -353,6 +359,8 @@ class EBM(Model):
                 self.chains.copy_(u[idx])
             else:
                 self.chains.copy_(self.sample_q(self.chains.shape[0], g))
+            for k in range(self.hot_chains.shape[0]):
+                self.hot_chains[k].copy_(self.sample_q(self.chains.shape[0], g))
         self.prepared.fill_(True)
 
     def _train_flow(self, u: torch.Tensor, progress: bool) -> None:
@@ -415,10 +423,15 @@ class EBM(Model):
             self.mcmc_step_size.copy_(self._adapted(eps, acc.mean()))
         else:  # persistent chains keep their own step sizes; fresh ones start at the median
             eps = torch.where(fresh, self.chain_step.median(), self.chain_step[idx])
-            neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
+            if self.hot_chains.shape[0]:
+                neg, acc, grad, hot = self._tempered_chains(start, self.hot_chains[:, idx], eps, generator)
+            else:
+                neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
             if bool(torch.isfinite(neg).all()):
                 self.chains[idx] = neg
                 self.chain_step[idx] = self._adapted(eps, acc)
+                if self.hot_chains.shape[0] and bool(torch.isfinite(hot).all()):
+                    self.hot_chains[:, idx] = hot
             self.mcmc_step_size.fill_(float(self.chain_step.median()))
         stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
         f_data, f_neg = self.f(u), self.f(neg)
@@ -483,6 +496,32 @@ class EBM(Model):
                 state, info = kernel.step(state, generator)
                 acc = acc + info.acceptance_rate
         return state.position.detach(), acc / max(n_steps, 1), state.grad.norm(dim=-1)
+
+    def _tempered_chains(
+        self, cold: torch.Tensor, hot: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``mcmc_steps`` parallel-tempering steps (MALA at every β, then neighbour swaps) of
+        the replicas ``hot`` (T − 1, n, d) and ``cold`` (n, d, at β = 1). Returns the cold
+        positions, their acceptance (n,), gradient norms (n,) and the hot positions."""
+        from genmodels.samplers.tempering import ParallelTempering, geometric_ladder, log_standard_normal
+
+        T = hot.shape[0] + 1
+        pt = ParallelTempering(MALA(step_size=eps.repeat(T)[:, None]), geometric_ladder(T))
+
+        def f_tilde(u: torch.Tensor) -> torch.Tensor:
+            return self.unnormalized(u) - log_standard_normal(u)
+
+        with _Frozen(self):
+            state = pt.init(torch.cat([hot, cold[None]]).detach(), f_tilde)
+            acc = torch.zeros((), device=self.device, dtype=torch.float64)
+            for _ in range(self.config.mcmc_steps):
+                state, info = pt.step(state, generator)
+                acc = acc + info.kernel_acceptance[-1]
+        positions = state.positions().detach()
+        n = cold.shape[0]
+        grad = state.inner.grad.reshape(T, n, -1)[-1].norm(dim=-1)
+        acc = (acc / self.config.mcmc_steps).to(cold.dtype).expand(n)
+        return positions[-1], acc, grad, positions[:-1]
 
     def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
         """Robbins–Monro step toward the kernel's target acceptance, per chain:
@@ -654,6 +693,7 @@ def _validate(c: EBMConfig) -> None:
         (0.0 <= c.reinit <= 1.0, f"reinit must be in [0, 1], got {c.reinit}"),
         (0.0 <= c.reference_mix < 1.0, f"reference_mix must be in [0, 1), got {c.reference_mix}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+        (c.temperatures >= 1, f"temperatures must be >= 1, got {c.temperatures}"),
         (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
     ]
     for ok, message in checks:
