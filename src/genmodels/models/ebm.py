@@ -74,6 +74,7 @@ from genmodels.quadrature import GridLogZ, grid_log_partition, grid_sample
 from genmodels.samplers.base import run_warmup
 from genmodels.samplers.hmc import HMC
 from genmodels.samplers.langevin import MALA, Langevin
+from genmodels.samplers.tempering import ParallelTempering, geometric_ladder, log_standard_normal
 from genmodels.types import LogDensity
 
 Method = Literal["mle", "cd", "nce"]
@@ -503,8 +504,6 @@ class EBM(Model):
         """``mcmc_steps`` parallel-tempering steps (MALA at every β, then neighbour swaps) of
         the replicas ``hot`` (T − 1, n, d) and ``cold`` (n, d, at β = 1). Returns the cold
         positions, their acceptance (n,), gradient norms (n,) and the hot positions."""
-        from genmodels.samplers.tempering import ParallelTempering, geometric_ladder, log_standard_normal
-
         T = hot.shape[0] + 1
         pt = ParallelTempering(MALA(step_size=eps.repeat(T)[:, None]), geometric_ladder(T))
 

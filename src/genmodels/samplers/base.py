@@ -87,16 +87,20 @@ DIVERGENCE_THRESHOLD = 1000.0
 def value_and_grad(log_density: LogDensityFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(log π(x), ∇ₓ log π(x)) with shapes (n,) and (n, d), both detached.
 
-    The gradient is ``torch.autograd.grad`` of Σᵢ log π(xᵢ), which equals the per-chain
-    gradient because the chains do not interact. Works inside ``torch.no_grad()``.
+    The gradient is the vector–Jacobian product of log π with a vector of ones, i.e. the
+    gradient of Σᵢ log π(xᵢ), which equals the per-chain gradient because the chains do not
+    interact (seeding the backward pass with ones saves the ``sum`` node). Works inside
+    ``torch.no_grad()``.
     """
     with torch.enable_grad():
         x_ = x.detach().requires_grad_(True)
         value = log_density(x_)
         if value.shape != x.shape[:1]:
             raise ValueError(f"log_density must map (n, d) to (n,), got {tuple(value.shape)}")
-        (grad,) = torch.autograd.grad(value.sum(), x_, allow_unused=True)
-    if grad is None:  # a log-density that does not depend on x
+        if not value.requires_grad:  # a log-density that does not depend on x
+            return value.detach(), torch.zeros_like(x)
+        (grad,) = torch.autograd.grad(value, x_, torch.ones_like(value), allow_unused=True)
+    if grad is None:
         grad = torch.zeros_like(x)
     return value.detach(), grad.detach()
 

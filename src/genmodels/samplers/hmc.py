@@ -28,27 +28,12 @@ from genmodels.samplers.base import (
     init_state,
     metropolis_accept,
     select,
+    value_and_grad,
 )
 
 __all__ = ["HMC", "CompiledLogDensity", "kinetic_energy", "leapfrog"]
 
 ValueAndGradFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _fast_value_and_grad(log_density: LogDensityFn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``base.value_and_grad`` with the backward pass seeded by ones instead of a ``sum`` node
-    (one autograd node less per gradient); same values, same shape check."""
-    with torch.enable_grad():
-        x_ = x.detach().requires_grad_(True)
-        value = log_density(x_)
-        if value.shape != x.shape[:1]:
-            raise ValueError(f"log_density must map (n, d) to (n,), got {tuple(value.shape)}")
-        if not value.requires_grad:  # a log-density that does not depend on x
-            return value.detach(), torch.zeros_like(x)
-        (grad,) = torch.autograd.grad(value, x_, torch.ones_like(value), allow_unused=True)
-    if grad is None:
-        grad = torch.zeros_like(x)
-    return value.detach(), grad
 
 
 def value_and_grad_fn(log_density: LogDensityFn) -> ValueAndGradFn:
@@ -57,7 +42,7 @@ def value_and_grad_fn(log_density: LogDensityFn) -> ValueAndGradFn:
     own = getattr(log_density, "value_and_grad", None)
     if callable(own):
         return own
-    return lambda x: _fast_value_and_grad(log_density, x)
+    return lambda x: value_and_grad(log_density, x)
 
 
 class CompiledLogDensity:
@@ -137,7 +122,7 @@ class CompiledLogDensity:
                 if value.shape == x.shape[:1]:
                     return value.detach(), grad.detach()
                 self._failed = True  # not (n, d) → (n,): the eager path raises the error
-        return _fast_value_and_grad(self.fn, x)
+        return value_and_grad(self.fn, x)
 
 
 def _velocity(momentum: torch.Tensor, inverse_mass: torch.Tensor | None) -> torch.Tensor:
