@@ -220,3 +220,41 @@ def test_ebm_with_each_method_through_every_command(tmp_path: Path, capsys) -> N
     assert result["kl_kind"] == "exact" and result["family"] == "ebm"
     code, _, err = run(["train", "ebm", "--data", "8gaussians", "--method", "pcd", *EBM_TINY], capsys)
     assert code == 2 and "method" in err
+
+
+DIFFUSION_TINY = ["--steps", "40", "--hidden", "32", "--depth", "1", "--no-progress"]
+
+
+def test_diffusion_with_each_process_through_every_command(tmp_path: Path, capsys) -> None:
+    """`genmodels train diffusion --process vp|subvp|ve|ddpm` trains; `sample --sampler X
+    --steps N` works for every sampler; log-prob prints exact / lower bound; evaluate works."""
+    for process in ("vp", "subvp", "ve", "ddpm"):
+        args = ["train", "diffusion", "--data", "8gaussians", "--out", str(tmp_path / process)]
+        code, out, err = run([*args, "--process", process, "--n-timesteps", "100", *DIFFUSION_TINY], capsys)
+        assert code == 0, err
+        assert "trained diffusion for 40 steps" in out
+    run_dir = tmp_path / "ddpm"
+    for sampler in ("ddim", "ode", "sde", "pc", "dpmpp2m", "ancestral", "heun", "euler", "ncsn"):
+        out_file = tmp_path / f"{sampler}.npy"
+        sample = ["sample", str(run_dir), "--n", "30", "--out", str(out_file)]
+        code, _, err = run([*sample, "--sampler", sampler, "--steps", "4"], capsys)
+        assert code == 0, (sampler, err)
+        assert np.load(out_file).shape == (30, 2)
+    lp = ["log-prob", str(run_dir), "--data", "8gaussians", "--out", str(tmp_path / "lp.npy")]
+    code, out, err = run(lp, capsys)
+    assert code == 0, err
+    assert "(exact)" in out and "bits/dim (continuous data" in out
+    code, out, err = run([*lp, "--option", "method=elbo"], capsys)
+    assert code == 0, err
+    assert "(lower bound)" in out
+    code, _, err = run([*lp, "--option", "trace=exact"], capsys)
+    assert code == 2 and "unknown log-density option" in err
+    lp_vp = ["log-prob", str(tmp_path / "vp"), "--data", "8gaussians", "--out", str(tmp_path / "v.npy")]
+    code, out, err = run([*lp_vp, "--option", "method=elbo"], capsys)
+    assert code != 0 and "ddpm" in err
+    code, out, _ = run(["evaluate", str(run_dir), "--json", "--n", "500"], capsys)
+    result = json.loads(out)
+    assert result["kl_kind"] == "exact" and result["family"] == "diffusion"
+    bad = ["sample", str(run_dir), "--n", "5", "--out", str(tmp_path / "x.npy"), "--sampler", "rk45"]
+    code, _, err = run(bad, capsys)
+    assert code == 2 and "sampler" in err

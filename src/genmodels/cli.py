@@ -7,7 +7,6 @@ import ast
 import inspect
 import itertools
 import json
-import math
 import sys
 import textwrap
 import typing
@@ -129,6 +128,10 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument(
+        "--sampler", default=None, help="the family's sampler (e.g. diffusion: ddim, ode, sde, pc)"
+    )
+    p.add_argument("--steps", type=int, default=None, help="sampler steps (families with a step count)")
+    p.add_argument(
         "--option",
         action="append",
         default=[],
@@ -141,6 +144,13 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="a .npy/.npz/.csv file (or a built-in target's samples)")
     p.add_argument("--out", required=True, help="output .npy file")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a log-density option of the family, e.g. diffusion's method=elbo (repeatable)",
+    )
 
     p = sub.add_parser("evaluate", help="metrics of a trained run against the truth or held-out data")
     p.add_argument("run", metavar="DIR")
@@ -227,19 +237,24 @@ def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
     )
 
 
-def _sample_options(family: type, pairs: list[str]) -> dict[str, Any]:
-    hints = _field_types(family.SampleConfig)
-    valid = {f.name for f in fields(family.SampleConfig)}
+def _parse_pairs(pairs: list[str], types: dict[str, type], what: str, family: str) -> dict[str, Any]:
+    """KEY=VALUE pairs → {key: typed value}; ``types`` names the valid keys and their types."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         key = key.replace("-", "_")
-        if not sep or key not in valid:
-            listing = ", ".join(sorted(valid)) or "(none)"
-            raise CLIError(f"unknown sampler option {pair!r} for {family.family}; valid: {listing}")
-        kind = hints[key]
+        if not sep or key not in types:
+            listing = ", ".join(sorted(types)) or "(none)"
+            raise CLIError(f"unknown {what} option {pair!r} for {family}; valid: {listing}")
+        kind = types[key]
         out[key] = kind(value) if kind in (int, float, str) else value
     return out
+
+
+def _sample_options(family: type, pairs: list[str]) -> dict[str, Any]:
+    hints = _field_types(family.SampleConfig)
+    types = {f.name: hints[f.name] for f in fields(family.SampleConfig)}
+    return _parse_pairs(pairs, types, "sampler", family.family)
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -248,7 +263,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise CLIError(f"--n must be >= 1, got {args.n}")
     model, _ = load_run(args.run, args.device)
-    options = _sample_options(type(model), args.option)
+    pairs = list(args.option)
+    for name in ("sampler", "steps"):
+        if getattr(args, name) is not None:
+            if name not in {f.name for f in fields(type(model).SampleConfig)}:
+                raise CLIError(f"the {model.family} family has no --{name} option")
+            pairs.append(f"{name}={getattr(args, name)}")
+    options = _sample_options(type(model), pairs)
     gen = torch.Generator(device=model.device).manual_seed(args.seed)
     x = model.sample(args.n, generator=gen, **options).cpu().numpy()
     _save_npy(args.out, x)
@@ -257,21 +278,38 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_log_prob(args: argparse.Namespace) -> None:
     from genmodels.data import load_data
+    from genmodels.evaluate import bits_per_dim
     from genmodels.train import load_run
 
     model, _ = load_run(args.run, args.device)
     if not model.has_log_prob:
         raise CLIError(f"the {model.family} family has no log-density; it can only be sampled")
-    data = _points(load_data(args.data), n=10_000)
+    dataset = load_data(args.data)
+    data = _points(dataset, n=10_000)
     if data.shape[1] != model.dim:
         raise CLIError(f"{args.data}: dimension {data.shape[1]}, but the model is for dimension {model.dim}")
+    options = _log_prob_options(model, args.option)
     with torch.no_grad():
-        ld = model.log_prob(data.to(model.device))
+        ld = model.log_prob(data.to(model.device), **options)
     _save_npy(args.out, ld.values.cpu().numpy())
+    mean = float(ld.values.mean())
+    bpd, protocol = bits_per_dim(-mean, model.dim, dataset.levels)
+    label = {"lower_bound": "lower bound", "upper_bound": "upper bound"}.get(ld.kind, ld.kind)
     print(
-        f"wrote {ld.values.shape[0]} log-densities ({ld.kind}) to {args.out}; "
-        f"mean {float(ld.values.mean()):.4f} nats"
+        f"wrote {ld.values.shape[0]} log-densities ({label}) to {args.out}; "
+        f"mean {mean:.4f} nats, {bpd:.4f} bits/dim ({protocol})"
     )
+
+
+def _log_prob_options(model: Any, pairs: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs checked against the keyword arguments of the family's ``_log_prob``."""
+    params = inspect.signature(model._log_prob).parameters.items()
+    types = {
+        k: type(p.default) if isinstance(p.default, (int, float)) else str
+        for k, p in params
+        if k != "u" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+    }
+    return _parse_pairs(pairs, types, "log-density", model.family)
 
 
 def _points(dataset: Any, n: int) -> torch.Tensor:
@@ -287,7 +325,7 @@ def _points(dataset: Any, n: int) -> torch.Tensor:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from genmodels.data import load_data
-    from genmodels.evaluate import energy_distance, evaluate_model, heldout_nll
+    from genmodels.evaluate import bits_per_dim, energy_distance, evaluate_model, heldout_nll
     from genmodels.train import load_run
 
     model, record = load_run(args.run, args.device)
@@ -305,9 +343,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             mean, se, kind = heldout_nll(model, data)
             result.update({"nll": mean, "nll_stderr": se, "nll_kind": kind})
             if dataset.levels is not None:  # benchmarks.md §4: bits/dim of the integer data
-                d, levels = dataset.dim, dataset.levels
-                result["bits_per_dim"] = (mean + d * math.log(levels)) / (d * math.log(2))
-                result["dequantization"] = f"uniform, y = (x + u) / {levels}, u ~ U[0, 1)^{d}, one draw"
+                bpd, protocol = bits_per_dim(mean, dataset.dim, dataset.levels)
+                result["bits_per_dim"] = bpd
+                result["dequantization"] = protocol
         samples = model.sample(
             min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed)
         )

@@ -318,6 +318,21 @@ def heldout_nll(model: Model, data: torch.Tensor, chunk: int = 8192) -> NLLResul
     return NLLResult(mean, stderr, FLIPPED_KIND[kind])
 
 
+def bits_per_dim(nll: float, dim: int, levels: int | None = None) -> tuple[float, str]:
+    """Bits per dimension of a mean NLL (nats per point) and the protocol it assumes.
+
+    Continuous data: nll / (d ln 2). Integer data with ``levels`` grey levels, modelled
+    through y = (x + u)/levels (uniform dequantization, benchmarks.md §4): the NLL of y plus
+    the log-volume d·log(levels) of the map, (nll + d log levels) / (d ln 2), a bound on the
+    discrete model's bits/dim.
+    """
+    if levels is None:
+        return nll / (dim * math.log(2)), "continuous data, no dequantization"
+    return (nll + dim * math.log(levels)) / (dim * math.log(2)), (
+        f"uniform dequantization, y = (x + u) / {levels}, u ~ U[0, 1)^{dim}, one draw"
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # mode metrics (VEEGAN / PacGAN)
 # ---------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
+from genmodels.models.diffusion import Diffusion
 from genmodels.models.ebm import EBM
 from genmodels.models.realnvp import RealNVP
 
@@ -18,6 +19,7 @@ from genmodels.models.realnvp import RealNVP
 FAMILIES: dict[str, type[Model]] = {
     RealNVP.family: RealNVP,
     EBM.family: EBM,
+    Diffusion.family: Diffusion,
 }
 
 

@@ -129,21 +129,22 @@ class Model(nn.Module):
         """Draw ``n`` data-space samples, shape ``(n, dim)``."""
         return self.denormalize(self._sample(n, generator=generator, **options))
 
-    def log_prob(self, x: torch.Tensor) -> LogDensity:
-        """Per-sample data-space log-density ``(n,)`` with its kind.
+    def log_prob(self, x: torch.Tensor, **options: Any) -> LogDensity:
+        """Per-sample data-space log-density ``(n,)`` with its kind; ``options`` are the
+        family's (e.g. diffusion's ``method="elbo"``).
 
         Raises :class:`NotSupportedError` for families without a density.
         """
         if not self.has_log_prob:
             raise NotSupportedError(f"the {self.family} family has no log-density; it can only be sampled")
-        inner = self._log_prob(self.normalize(x.to(self.scale.dtype)))
+        inner = self._log_prob(self.normalize(x.to(self.scale.dtype)), **options)
         return LogDensity(inner.values - torch.log(self.scale).sum(), inner.kind)
 
     def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
         """Samples in normalized coordinates u (families implement this)."""
         raise NotImplementedError
 
-    def _log_prob(self, u: torch.Tensor) -> LogDensity:
+    def _log_prob(self, u: torch.Tensor, **options: Any) -> LogDensity:
         """log p_u(u) in normalized coordinates (families with a density implement this)."""
         raise NotSupportedError(f"the {self.family} family has no log-density")
 

@@ -152,8 +152,14 @@ class EBMSampleConfig(SampleConfig):
     """kernel steps after warm-up (mala, hmc, langevin)"""
     warmup: int = 100
     """warm-up steps adapting the step size (mala, hmc)"""
-    init: Literal["buffer", "reference"] = "buffer"
-    """start chains from the persistent buffer (when there is one) or from q"""
+    init: Literal["auto", "buffer", "reference", "resample"] = "auto"
+    """where chains start: the persistent buffer, q, or q importance-resampled by the weights
+    exp(f) (sampling–importance–resampling, already distributed as p when q covers p well);
+    auto: the buffer when the model has persistent chains, else resample"""
+
+
+#: draws of q per returned draw in ``EBM.resample_q``
+SIR_OVERSAMPLE = 16
 
 
 class QuadraticEnergy(nn.Module):
@@ -255,6 +261,20 @@ class EBM(Model):
             return x
         pick = torch.rand(n, generator=generator, device=self.device) < w
         return torch.where(pick[:, None], self._sample_gaussian(n, generator), x)
+
+    def resample_q(
+        self, n: int, generator: torch.Generator | None, oversample: int = SIR_OVERSAMPLE
+    ) -> torch.Tensor:
+        """n draws by sampling–importance–resampling: ``oversample``·n draws of q, resampled
+        with weights p/q ∝ exp(f). Exact as oversample → ∞; with finite oversampling a good
+        start for MCMC, with every mode represented in proportion to its learned mass when q
+        covers the modes (chains started from q alone keep q's proportions until they mix)."""
+        with torch.no_grad():
+            pool = self.sample_q(n * oversample, generator)
+            log_w = torch.cat([self.f(chunk) for chunk in pool.split(65536)])
+            weights = torch.softmax(log_w.double(), 0).cpu()
+            idx = torch.multinomial(weights, n, replacement=True, generator=generator)
+        return pool[idx.to(pool.device)]
 
     def unnormalized(self, u: torch.Tensor) -> torch.Tensor:
         """log p̃(u) = f(u) + log q(u), the log-density the samplers follow; (n,)."""
@@ -582,9 +602,11 @@ class EBM(Model):
         sampler: str = "auto",
         steps: int = 200,
         warmup: int = 100,
-        init: str = "buffer",
+        init: str = "auto",
     ) -> torch.Tensor:
         c = self.config
+        if init == "auto":
+            init = "buffer" if self.chains.numel() else "resample"
         if sampler == "auto":
             sampler = "short-run" if c.method == "mle" and c.chains == "short-run" else "mala"
         if sampler == "grid":
@@ -603,8 +625,12 @@ class EBM(Model):
         if init == "buffer" and self.chains.numel():
             idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
             start = self.chains[idx]
-        else:
+        elif init == "resample":
+            start = self.resample_q(n, generator)
+        elif init in ("buffer", "reference"):
             start = self.sample_q(n, generator)
+        else:
+            raise ValueError(f"unknown init {init!r}; choose one of: auto, buffer, reference, resample")
         if sampler == "short-run":
             return self.run_chains(start, c.mcmc_steps, generator)[0]
         if sampler not in ("mala", "hmc", "langevin"):
