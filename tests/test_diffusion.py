@@ -361,3 +361,40 @@ def test_contract_reproducible_sampling_checkpoint_and_kinds(tmp_path):
         vp.sample(4, sampler="leapfrog")
     with pytest.raises(ValueError, match="unknown prediction"):
         Diffusion(2, DiffusionConfig(prediction="noise"))  # type: ignore[arg-type]
+
+
+def test_model_score_is_tweedie_of_its_denoiser():
+    """score(x, t) = (α D(x/α, σ̃) − x)/σ² in standardized coordinates, mapped to data space."""
+    model = _train(steps=20)
+    t = 0.3
+    x = torch.randn(8, 2, generator=torch.Generator().manual_seed(1)) * 2
+    proc = model.process
+    tt = torch.tensor(t, dtype=F64)
+    a, st = float(proc.alpha(tt)), float(proc.sigma_tilde(tt))
+    u = model.normalize(x)
+    with torch.no_grad():
+        den = model.denoiser()(u / a, torch.tensor(st, dtype=F64))
+    expected = (a * den - u) / (a * st) ** 2 / model.scale
+    torch.testing.assert_close(model.score(x, t), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unet_denoiser_on_flattened_images():
+    """net=unet for square one-channel images given as (n, side²) vectors: a few steps train
+    every U-Net parameter and sampling returns finite images; non-square sizes are refused."""
+    from genmodels.data import Dataset
+
+    gen = torch.Generator().manual_seed(0)
+    images = (torch.rand(64, 64, generator=gen) < 0.3).float()
+    model = Diffusion(64, DiffusionConfig(net="unet", hidden=64, process="ddpm", n_timesteps=50))
+    from genmodels.train import TrainConfig, train
+
+    train(
+        model,
+        Dataset(name="toy-images", dim=64, train=images),
+        TrainConfig(steps=3, batch_size=16, progress=False),
+    )
+    assert all(p.grad is not None for p in model.net.parameters())
+    x = model.sample(4, generator=gen, sampler="ddim", steps=5)
+    assert x.shape == (4, 64) and bool(torch.isfinite(x).all())
+    with pytest.raises(ValueError, match="square"):
+        Diffusion(10, DiffusionConfig(net="unet"))
