@@ -104,7 +104,8 @@ class Process:
         self, n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """Training times: uniform on [t_min, 1] (float64, shape (n,))."""
-        u = torch.rand(n, generator=generator, dtype=torch.float64)
+        where = generator.device if generator is not None else None
+        u = torch.rand(n, generator=generator, dtype=torch.float64, device=where)
         return (self.t_min + (1.0 - self.t_min) * u).to(device)
 
     def __repr__(self) -> str:
@@ -233,7 +234,8 @@ class DDPM(Process):
         self, n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
     ) -> torch.Tensor:
         """Training levels i ~ U{1…N}, returned as t = i/N."""
-        i = torch.randint(1, self.n_steps + 1, (n,), generator=generator)
+        where = generator.device if generator is not None else None
+        i = torch.randint(1, self.n_steps + 1, (n,), generator=generator, device=where)
         return (i.to(torch.float64) / self.n_steps).to(device)
 
 

@@ -222,15 +222,16 @@ class Diffusion(Model):
 
     # -- the network ------------------------------------------------------------------
     def _coefficients(self, t: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """α(t), σ(t) as (n, 1) for t (n,), or (1, 1) for a 0-dim t, in the dtype of ``like``."""
         alpha = self.process.alpha(t)
         sigma = alpha * self.process.sigma_tilde(t)
-        return alpha.to(like.dtype)[:, None], sigma.to(like.dtype)[:, None]
+        return alpha.to(like.dtype).reshape(-1, 1), sigma.to(like.dtype).reshape(-1, 1)
 
     def _forward(self, net: nn.Module, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        """F(c_in x_t, 1000 t) for x_t (n, d) and t (n,) float64."""
+        """F(c_in x_t, 1000 t) for x_t (n, d) and t (n,) or 0-dim, float64."""
         alpha, sigma = self._coefficients(t, x)
         c_in = torch.rsqrt(alpha**2 + sigma**2)
-        return net(c_in * x, (1000.0 * t).to(x.dtype))
+        return net(c_in * x, (1000.0 * t).to(x.dtype).expand(x.shape[0]))
 
     def denoiser(self, use_ema: bool = True):
         """D(x̄, σ̃) in standardized coordinates (n, d), σ̃ a 0-dim or (n,) tensor: the x₀
@@ -238,8 +239,8 @@ class Diffusion(Model):
         net = self.ema_net if use_ema and self.config.ema > 0 else self.net
 
         def D(x_bar: torch.Tensor, sigma_tilde: torch.Tensor) -> torch.Tensor:
-            s = torch.as_tensor(sigma_tilde, dtype=torch.float64, device=x_bar.device).expand(x_bar.shape[0])
-            t = self.process.t_of_sigma_tilde(s)
+            s = torch.as_tensor(sigma_tilde, dtype=torch.float64, device=x_bar.device)
+            t = self.process.t_of_sigma_tilde(s)  # one t for all rows when σ̃ is 0-dim
             alpha, sigma = self._coefficients(t, x_bar)
             x = alpha * x_bar
             out = self._forward(net, x, t)
@@ -278,11 +279,7 @@ class Diffusion(Model):
     def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         c = self.config
         t = self.process.sample_t(u.shape[0], generator, device=u.device)
-        eps = (
-            torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
-            if (generator is None or generator.device == u.device)
-            else torch.randn(u.shape, generator=generator, dtype=u.dtype).to(u.device)
-        )
+        eps = _randn(u.shape, generator, u)
         alpha, sigma = self._coefficients(t, u)
         x = alpha * u + sigma * eps
         out = self._forward(self.net, x, t)
@@ -323,9 +320,8 @@ class Diffusion(Model):
         proc = self.process
         steps = max(opts.steps, 2) if opts.sampler == "ode" else opts.steps  # ode: only the ends matter
         sigmas = sigma_grid(steps, proc.sigma_tilde_min, proc.sigma_tilde_max, spacing, proc)
-        dtype = self.shift.dtype
-        z = torch.randn(n, self.dim, generator=generator, dtype=dtype)
-        x = (z * math.sqrt(1.0 + proc.sigma_tilde_max**2)).to(self.device)
+        like = torch.empty(0, dtype=self.shift.dtype, device=self.device)
+        x = _randn((n, self.dim), generator, like) * math.sqrt(1.0 + proc.sigma_tilde_max**2)
         return sample(
             self.denoiser(),
             x,
@@ -375,6 +371,14 @@ class Diffusion(Model):
             rtol=rtol,
             atol=atol,
         )
+
+
+def _randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, like: torch.Tensor):
+    """N(0, I) of ``shape`` in the dtype and on the device of ``like``, from ``generator``
+    wherever it lives (a CPU generator can drive a CUDA model)."""
+    if generator is None or generator.device == like.device:
+        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=generator.device).to(like.device)
 
 
 def _validate(c: DiffusionConfig) -> None:
