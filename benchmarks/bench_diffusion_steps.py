@@ -15,7 +15,7 @@ fixed generator and measured:
   the sampling loop alone, from the first noise draw to data-space samples (one thread by
   default; after an untimed warm-up; the fastest of ``--repeats`` identical draws).
 
-Our samplers walk their default noise levels (``spacing="edm"``, ρ = 7); ``--spacings``
+Our samplers walk their default noise levels (``spacing="auto"``); ``--spacings``
 adds the others (``uniform``: uniform in t, i.e. DDPM's own levels; ``logsnr``): a row
 "euler-uniform" is euler on uniform levels.
 
@@ -201,7 +201,7 @@ def diffusers_sampler(model: Diffusion, config: str) -> Callable[[int, int, torc
 
 
 def our_sampler(
-    model: Diffusion, sampler: str, spacing: str = "edm"
+    model: Diffusion, sampler: str, spacing: str = "auto"
 ) -> Callable[[int, int, torch.Generator], torch.Tensor]:
     def run(n: int, steps: int, g: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
@@ -420,9 +420,9 @@ def main() -> None:
     p.add_argument(
         "--spacings",
         nargs="+",
-        default=["edm"],
-        choices=["edm", "uniform", "logsnr"],
-        help="noise levels of our samplers (default edm, theirs; uniform = DDPM's levels in t)",
+        default=["auto"],
+        choices=["auto", "edm", "uniform", "trailing", "logsnr"],
+        help="noise levels of our samplers (default: the model's auto choice; uniform = DDPM's levels in t)",
     )
     p.add_argument("--repeats", type=int, default=1, help="timed draws per configuration (fastest kept)")
     p.add_argument("--seed", type=int, default=0)
@@ -495,8 +495,8 @@ def main() -> None:
     for draw in (our_sampler(model, "euler"), diffusers_sampler(model, "ddim-trailing")):
         draw(args.n, 5, torch.Generator().manual_seed(0))
     for sampler in samplers:
-        for spacing in ["edm"] if sampler == "ode" else spacings:  # ode: only the ends matter
-            name = sampler if spacing == "edm" else f"{sampler}-{spacing}"
+        for spacing in ["auto"] if sampler == "ode" else spacings:  # ode: only the ends matter
+            name = sampler if spacing == "auto" else f"{sampler}-{spacing}"
             draw = our_sampler(model, sampler, spacing)
             for s in [0] if sampler == "ode" else steps_list:
                 row = measure("ours", name, draw, max(s, 2), model, target, args)

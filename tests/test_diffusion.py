@@ -100,6 +100,27 @@ def test_ddpm_levels_and_posterior():
     torch.testing.assert_close(ab[k - 1] * ss**2 * (1 - w), var)
 
 
+@pytest.mark.parametrize("name", ["vp", "ve", "ddpm"])
+def test_likelihood_weighting_draws_log_sigma_uniformly(name):
+    """density="log_sigma" draws t ∝ d log σ̃/dt (the likelihood weighting's importance
+    distribution): z = (log σ̃ − log σ̃_min)/(log σ̃_max − log σ̃_min) is uniform on [0, 1]."""
+    p = make_process(name)
+    n = 40_000
+    t = p.sample_t(n, torch.Generator().manual_seed(0), density="log_sigma")
+    lo, hi = math.log(p.sigma_tilde_min), math.log(p.sigma_tilde_max)
+    z = (p.sigma_tilde(t).log() - lo) / (hi - lo)
+    assert float(z.min()) >= -1e-9 and float(z.max()) <= 1 + 1e-9
+    # DDPM: level 1 carries the log-σ̃ interval of level 2 (z ≈ 0.036) on top of the continuum
+    extra = float(z[z > 0].min()) if name == "ddpm" else 0.0
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):  # the CDF at q, binomial standard error
+        frac = float((z <= q).double().mean())
+        assert -4 * math.sqrt(q * (1 - q) / n) < frac - q < 4 * math.sqrt(q * (1 - q) / n) + extra, (q, frac)
+    if name != "ve":  # (VE's σ̃ is geometric in t: uniform t is already uniform in log σ̃)
+        plain = p.sample_t(n, torch.Generator().manual_seed(0))
+        z_plain = (p.sigma_tilde(plain).log() - lo) / (hi - lo)
+        assert abs(float((z_plain <= 0.5).double().mean()) - 0.5) > 0.05
+
+
 def test_bad_process_options():
     with pytest.raises(ValueError, match="unknown process"):
         make_process("vpp")

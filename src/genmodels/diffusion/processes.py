@@ -93,19 +93,21 @@ class Process:
             dvar = torch.autograd.grad(var.sum(), t)[0]
         return f.detach(), (dvar - 2 * f * var).detach()
 
-    def dlog_sigma_tilde_dt(self, t: torch.Tensor) -> torch.Tensor:
-        """d log σ̃/dt: the likelihood weighting g²/σ² = 2 d log σ̃/dt (Song et al. 2021b)."""
-        t = t.detach().to(torch.float64).requires_grad_(True)
-        with torch.enable_grad():
-            out = 0.5 * torch.autograd.grad(self.sigma_tilde_sq(t).log().sum(), t)[0]
-        return out.detach()
-
     def sample_t(
-        self, n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        device: torch.device | str = "cpu",
+        density: Literal["time", "log_sigma"] = "time",
     ) -> torch.Tensor:
-        """Training times: uniform on [t_min, 1] (float64, shape (n,))."""
+        """Training times (float64, shape (n,)): uniform on [t_min, 1] (``time``), or with
+        log σ̃ uniform (``log_sigma``): density ∝ d log σ̃/dt ∝ g²/σ², the importance
+        distribution of the likelihood weighting (Song et al. 2021b, §4)."""
         where = generator.device if generator is not None else None
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=where)
+        if density == "log_sigma":
+            lo, hi = math.log(self.sigma_tilde_min), math.log(self.sigma_tilde_max)
+            return self.t_of_sigma_tilde(torch.exp(lo + (hi - lo) * u)).clamp(self.t_min, 1.0).to(device)
         return (self.t_min + (1.0 - self.t_min) * u).to(device)
 
     def __repr__(self) -> str:
@@ -231,11 +233,22 @@ class DDPM(Process):
         return (lo + w.clamp(0, 1)) / self.n_steps
 
     def sample_t(
-        self, n: int, generator: torch.Generator | None, device: torch.device | str = "cpu"
+        self,
+        n: int,
+        generator: torch.Generator | None,
+        device: torch.device | str = "cpu",
+        density: Literal["time", "log_sigma"] = "time",
     ) -> torch.Tensor:
-        """Training levels i ~ U{1…N}, returned as t = i/N."""
+        """Training levels, returned as t = i/N: i ~ U{1…N} (``time``), or with probability
+        ∝ log σ̃_i − log σ̃_{i−1} (``log_sigma``; level 1 gets the interval of level 2)."""
         where = generator.device if generator is not None else None
-        i = torch.randint(1, self.n_steps + 1, (n,), generator=generator, device=where)
+        if density == "log_sigma":
+            log_s = 0.5 * torch.log(torch.expm1(-self.log_alpha_bar[1:]))
+            gaps = log_s.diff()
+            probs = torch.cat([gaps[:1], gaps]).clamp_min(0)
+            i = torch.multinomial(probs.to(where or "cpu"), n, replacement=True, generator=generator) + 1
+        else:
+            i = torch.randint(1, self.n_steps + 1, (n,), generator=generator, device=where)
         return (i.to(torch.float64) / self.n_steps).to(device)
 
 

@@ -60,8 +60,8 @@ from genmodels.types import LogDensity
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Sampler = Literal["euler", "heun", "ddim", "ancestral", "sde", "pc", "dpmpp2m", "ode", "ncsn"]
 SAMPLERS: tuple[str, ...] = ("euler", "heun", "ddim", "ancestral", "sde", "pc", "dpmpp2m", "ode", "ncsn")
-Spacing = Literal["edm", "uniform", "logsnr"]
-SPACINGS: tuple[str, ...] = ("edm", "uniform", "logsnr")
+Spacing = Literal["edm", "uniform", "trailing", "logsnr"]
+SPACINGS: tuple[str, ...] = ("edm", "uniform", "trailing", "logsnr")
 
 
 def sigma_grid(
@@ -76,7 +76,10 @@ def sigma_grid(
 
     ``edm``: σ̃_i = (σ_max^{1/ρ} + i/(N−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ (EDM eq. 5);
     ``logsnr``: geometric (uniform in log σ̃, i.e. in log-SNR); ``uniform``: uniform in the
-    process's time t from 1 to t_min (needs ``process``; DDPM's levels when N divides them).
+    process's time t from 1 to t_min (needs ``process``; DDPM's levels when N divides them);
+    ``trailing``: uniform in t from 1 down to 1/N (t_i = 1 − i/N,
+    Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed", Table 2):
+    no call is spent at the nearly clean σ_min, the last step jumps from t = 1/N to the data.
     """
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
@@ -90,10 +93,14 @@ def sigma_grid(
         levels = (a + frac * (b - a)) ** rho
     elif spacing == "logsnr":
         levels = torch.exp(math.log(sigma_max) + frac * (math.log(sigma_min) - math.log(sigma_max)))
-    elif spacing == "uniform":
+    elif spacing in ("uniform", "trailing"):
         if process is None:
-            raise ValueError("spacing='uniform' needs the process (its clock t)")
-        levels = process.sigma_tilde(1.0 + frac * (process.t_min - 1.0))
+            raise ValueError(f"spacing={spacing!r} needs the process (its clock t)")
+        if spacing == "trailing":  # t = 1, 1 − 1/N, …, 1/N: DDPM's own levels when N divides them
+            t = (1.0 - torch.arange(steps, dtype=torch.float64) / steps).clamp_min(process.t_min)
+        else:
+            t = 1.0 + frac * (process.t_min - 1.0)
+        levels = process.sigma_tilde(t)
     else:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
     return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])

@@ -23,7 +23,9 @@ t from the process's training distribution and ε ~ N(0, I),
 where ``weighting`` picks w: ``prediction`` (the plain MSE of what the network outputs:
 1 for ε and score (λ = σ²), σ̃² for x₀, 1 + σ̃² for v), ``eps`` (w = 1, DDPM's L_simple),
 ``likelihood`` (w = g²/σ² = 2 dlog σ̃/dt, Song et al. 2021b, which makes L the likelihood
-bound's weighting) or ``min-snr`` (w = min(SNR, 5)/SNR, Hang et al. 2023), SNR = 1/σ̃².
+bound's weighting; by importance sampling: t is drawn with log σ̃ uniform and every draw
+weighs the same, up to a constant factor that Adam ignores) or ``min-snr``
+(w = min(SNR, 5)/SNR, Hang et al. 2023), SNR = 1/σ̃².
 
 **Sampling and likelihoods** run the shared code of :mod:`genmodels.diffusion.solvers` on
 the denoiser D(x̄, σ̃) of the exponential moving average of the weights: every sampler
@@ -100,12 +102,15 @@ class DiffusionConfig(ModelConfig):
 class DiffusionSampleConfig(SampleConfig):
     """Options of ``sample`` for the diffusion family."""
 
-    sampler: Literal["euler", "heun", "ddim", "ancestral", "sde", "pc", "dpmpp2m", "ode", "ncsn"] = "heun"
+    sampler: Literal["euler", "heun", "ddim", "ancestral", "sde", "pc", "dpmpp2m", "ode", "ncsn"] = "dpmpp2m"
     """euler (= DDIM η=0), heun, ddim, ancestral, sde, pc, dpmpp2m, ode (adaptive), ncsn"""
     steps: int = 50
-    """noise levels walked (ncsn: levels of annealed Langevin)"""
-    spacing: Literal["auto", "edm", "uniform", "logsnr"] = "auto"
-    """levels: edm (ρ = 7), uniform in t, logsnr (geometric); auto: logsnr for ncsn, else edm"""
+    """noise levels walked, the number of network calls for most samplers (heun and pc: 2N − 1;
+    ncsn: levels of annealed Langevin)"""
+    spacing: Literal["auto", "edm", "uniform", "trailing", "logsnr"] = "auto"
+    """levels: edm (ρ = 7), uniform in t, trailing (uniform in t, last call at t = 1/N), logsnr
+    (geometric); auto: trailing for sde and pc, else logsnr (docs/benchmarks.md, "Steps
+    against quality")"""
     eta: float = 0.0
     """DDIM's η in [0, 1]"""
     snr: float = 0.16
@@ -268,17 +273,16 @@ class Diffusion(Model):
         ]
         if c.weighting == "prediction":
             return torch.ones_like(st2)
-        if c.weighting == "eps":
+        if c.weighting in ("eps", "likelihood"):  # likelihood: t was drawn ∝ g²/σ², equal weights
             w = torch.ones_like(st2)
-        elif c.weighting == "likelihood":
-            w = 2.0 * self.process.dlog_sigma_tilde_dt(t)
         else:  # min-snr, γ = 5
             w = torch.clamp(1.0 / st2, max=5.0) * st2
         return w / native
 
     def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         c = self.config
-        t = self.process.sample_t(u.shape[0], generator, device=u.device)
+        density = "log_sigma" if c.weighting == "likelihood" else "time"
+        t = self.process.sample_t(u.shape[0], generator, device=u.device, density=density)
         eps = _randn(u.shape, generator, u)
         alpha, sigma = self._coefficients(t, u)
         x = alpha * u + sigma * eps
@@ -316,7 +320,7 @@ class Diffusion(Model):
         opts = DiffusionSampleConfig(**options)
         if opts.sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {opts.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
-        spacing = opts.spacing if opts.spacing != "auto" else ("logsnr" if opts.sampler == "ncsn" else "edm")
+        spacing = opts.spacing if opts.spacing != "auto" else _auto_spacing(opts.sampler)
         proc = self.process
         steps = max(opts.steps, 2) if opts.sampler == "ode" else opts.steps  # ode: only the ends matter
         sigmas = sigma_grid(steps, proc.sigma_tilde_min, proc.sigma_tilde_max, spacing, proc)
@@ -371,6 +375,15 @@ class Diffusion(Model):
             rtol=rtol,
             atol=atol,
         )
+
+
+def _auto_spacing(sampler: str) -> str:
+    """The levels ``spacing="auto"`` walks: trailing for the Euler–Maruyama samplers (sde, pc),
+    whose last step is then one full denoising jump from t = 1/N; levels uniform in log-SNR
+    (DPM-Solver's choice, Lu et al. 2022) for the others. The best of edm / uniform / trailing /
+    logsnr for each sampler at 10 and 20 steps on the learned 8gaussians model
+    (docs/benchmarks.md, "Steps against quality")."""
+    return "trailing" if sampler in ("sde", "pc") else "logsnr"
 
 
 def _randn(shape: tuple[int, ...] | torch.Size, generator: torch.Generator | None, like: torch.Tensor):
