@@ -89,7 +89,7 @@ class DiffusionConfig(ModelConfig):
     net: Literal["mlp", "unet"] = "mlp"
     """network: a time-conditioned MLP, or a small U-Net for square one-channel images"""
     hidden: int = 256
-    """MLP width (U-Net: base channels / 8)"""
+    """MLP width (U-Net: hidden / 8 base channels)"""
     depth: int = 3
     """hidden layers of the MLP"""
     emb_dim: int = 64
