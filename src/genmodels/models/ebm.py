@@ -272,7 +272,8 @@ class EBM(Model):
         with torch.no_grad():
             pool = self.sample_q(n * oversample, generator)
             log_w = torch.cat([self.f(chunk) for chunk in pool.split(65536)])
-            weights = torch.softmax(log_w.double(), 0).cpu()
+            where = generator.device if generator is not None else "cpu"  # multinomial draws there
+            weights = torch.softmax(log_w.double(), 0).to(where)
             idx = torch.multinomial(weights, n, replacement=True, generator=generator)
         return pool[idx.to(pool.device)]
 
