@@ -47,7 +47,6 @@ from torch import nn
 
 from genmodels.diffusion.processes import DDPM, Process, make_process
 from genmodels.diffusion.solvers import (
-    SAMPLERS,
     ddpm_elbo,
     gaussian_prior_log_prob,
     ode_log_prob,
@@ -313,13 +312,8 @@ class Diffusion(Model):
         return logs
 
     # -- sampling and likelihood ------------------------------------------------------
-    def _prior_sigma(self) -> float:
-        return self.process.sigma_tilde_max
-
     def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
         opts = DiffusionSampleConfig(**options)
-        if opts.sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {opts.sampler!r}; choose one of: {', '.join(SAMPLERS)}")
         spacing = opts.spacing if opts.spacing != "auto" else _auto_spacing(opts.sampler)
         proc = self.process
         steps = max(opts.steps, 2) if opts.sampler == "ode" else opts.steps  # ode: only the ends matter

@@ -241,6 +241,14 @@ def _centered_terms(
     return c, x1_c, w
 
 
+def _weighted_mean(g: torch.Tensor, w: torch.Tensor) -> float:
+    """Σ_m w_m g_m / Σ_m w_m over the chains whose ĝ_m is finite; 0 when no chain has weight."""
+    w = torch.where(torch.isfinite(g), w, torch.zeros_like(w))
+    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
+    total = float(w.sum())
+    return float((w * g).sum()) / total if total > 0 else 0.0
+
+
 def chees_gradient(
     position: torch.Tensor,
     proposal: torch.Tensor,
@@ -260,10 +268,7 @@ def chees_gradient(
         time = time.double()
     p1 = torch.nan_to_num(momentum.double(), nan=0.0, posinf=0.0, neginf=0.0)
     g = time * c * (x1_c * p1).sum(-1)
-    w = torch.where(torch.isfinite(g), w, torch.zeros_like(w))
-    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
-    total = float(w.sum())
-    return float((w * g).sum()) / total if total > 0 else 0.0
+    return _weighted_mean(g, w)
 
 
 class _PerChainDualAveraging:
@@ -327,10 +332,7 @@ def normalized_chees_gradient(
     if isinstance(time, torch.Tensor):
         time = time.double()
     g = time * ((a1 - a) * x1_c * v1 / var_a).sum(-1)
-    w = torch.where(torch.isfinite(g), w, torch.zeros_like(w))
-    g = torch.where(torch.isfinite(g), g, torch.zeros_like(g))
-    total = float(w.sum())
-    return float((w * g).sum()) / total if total > 0 else 0.0
+    return _weighted_mean(g, w)
 
 
 @dataclass
