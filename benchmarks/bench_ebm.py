@@ -39,7 +39,7 @@ from genmodels.train import TrainConfig, TrainingDiverged, train
 
 METHODS: dict[str, dict[str, str]] = {
     "mle": {"method": "mle"},
-    "mle-pt": {"method": "mle", "temperatures": 4},
+    "mle-untempered": {"method": "mle", "temperatures": 1},
     "mle-short-run": {"method": "mle", "chains": "short-run"},
     "cd": {"method": "cd"},
     "nce": {"method": "nce"},

@@ -121,6 +121,26 @@ def test_likelihood_weighting_draws_log_sigma_uniformly(name):
         assert abs(float((z_plain <= 0.5).double().mean()) - 0.5) > 0.05
 
 
+@pytest.mark.parametrize("name", ["vp", "ve", "ddpm"])
+def test_log_normal_noise_levels_follow_the_truncated_normal(name):
+    """density="log_normal": log σ̃ ~ N(m, s²) truncated to [σ̃_min, σ̃_max]; its CDF at
+    quantiles of the truncated normal is the quantile, within binomial error (DDPM: within
+    the level spacing too, since its levels are discrete)."""
+    p = make_process(name)
+    n, m, s = 40_000, -1.2, 1.2
+    t = p.sample_t(n, torch.Generator().manual_seed(0), density="log_normal", log_mean=m, log_std=s)
+    log_s = p.sigma_tilde(t).log()
+    lo, hi = math.log(p.sigma_tilde_min), math.log(p.sigma_tilde_max)
+    assert float(log_s.min()) >= lo - 1e-9 and float(log_s.max()) <= hi + 1e-9
+    normal = torch.distributions.Normal(torch.tensor(m, dtype=torch.float64), s)
+    a, b = (normal.cdf(torch.tensor(v, dtype=torch.float64)) for v in (lo, hi))
+    for q in (0.1, 0.25, 0.5, 0.75, 0.9):
+        x = float(normal.icdf(a + (b - a) * q))
+        frac = float((log_s <= x).double().mean())
+        slack = 0.02 if name == "ddpm" else 0.0  # a level's share of the mass
+        assert abs(frac - q) < 4 * math.sqrt(q * (1 - q) / n) + slack, (q, frac)
+
+
 def test_bad_process_options():
     with pytest.raises(ValueError, match="unknown process"):
         make_process("vpp")

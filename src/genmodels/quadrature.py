@@ -135,7 +135,8 @@ def grid_sample(
     points, _ = _cells(edges)
     values = _log_values(fn, points, chunk)
     probs = torch.softmax(values, 0).float()
-    idx = torch.multinomial(probs.cpu(), num, replacement=True, generator=generator).to(device)
+    where = generator.device if generator is not None else probs.device  # draws on the generator's device
+    idx = torch.multinomial(probs.to(where), num, replacement=True, generator=generator).to(device)
     widths = torch.tensor([float(e[1] - e[0]) for e in edges], dtype=dtype, device=device)
-    u = torch.rand(num, len(edges), generator=generator, dtype=dtype).to(device)
+    u = torch.rand(num, len(edges), generator=generator, dtype=dtype, device=where).to(device)
     return points[idx] + (u - 0.5) * widths

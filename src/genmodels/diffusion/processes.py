@@ -42,6 +42,13 @@ ProcessName = Literal["vp", "subvp", "ve", "ddpm"]
 PROCESSES: tuple[str, ...] = ("vp", "subvp", "ve", "ddpm")
 
 
+Density = Literal["time", "log_sigma", "log_normal"]
+DENSITIES: tuple[str, ...] = ("time", "log_sigma", "log_normal")
+#: the log-normal training density of Karras et al. (2022): log σ̃ ~ N(−1.2, 1.2²), for data
+#: of unit variance (genmodels standardizes every dataset)
+LOG_NORMAL_MEAN, LOG_NORMAL_STD = -1.2, 1.2
+
+
 class Process:
     """A linear forward process x_t = α(t) x₀ + σ(t) ε on t ∈ [t_min, 1]; see the module doc.
 
@@ -98,17 +105,32 @@ class Process:
         n: int,
         generator: torch.Generator | None,
         device: torch.device | str = "cpu",
-        density: Literal["time", "log_sigma"] = "time",
+        density: Density = "time",
+        log_mean: float = LOG_NORMAL_MEAN,
+        log_std: float = LOG_NORMAL_STD,
     ) -> torch.Tensor:
-        """Training times (float64, shape (n,)): uniform on [t_min, 1] (``time``), or with
-        log σ̃ uniform (``log_sigma``): density ∝ d log σ̃/dt ∝ g²/σ², the importance
-        distribution of the likelihood weighting (Song et al. 2021b, §4)."""
+        """Training times (float64, shape (n,)): uniform on [t_min, 1] (``time``); with
+        log σ̃ uniform (``log_sigma``: density ∝ d log σ̃/dt ∝ g²/σ², the importance
+        distribution of the likelihood weighting, Song et al. 2021b, §4); or with log σ̃ normal
+        N(log_mean, log_std²) truncated to [σ̃_min, σ̃_max] (``log_normal``, Karras et al.
+        2022, §5, by the inverse CDF so that nothing piles up at the ends)."""
         where = generator.device if generator is not None else None
         u = torch.rand(n, generator=generator, dtype=torch.float64, device=where)
+        if density == "time":
+            return (self.t_min + (1.0 - self.t_min) * u).to(device)
+        lo, hi = math.log(self.sigma_tilde_min), math.log(self.sigma_tilde_max)
         if density == "log_sigma":
-            lo, hi = math.log(self.sigma_tilde_min), math.log(self.sigma_tilde_max)
-            return self.t_of_sigma_tilde(torch.exp(lo + (hi - lo) * u)).clamp(self.t_min, 1.0).to(device)
-        return (self.t_min + (1.0 - self.t_min) * u).to(device)
+            log_s = lo + (hi - lo) * u
+        elif density == "log_normal":
+            a, b = (torch.special.ndtr(_f64((v - log_mean) / log_std)) for v in (lo, hi))
+            log_s = log_mean + log_std * torch.special.ndtri(a + (b - a) * u)
+        else:
+            raise ValueError(f"unknown density {density!r}; choose one of: {', '.join(DENSITIES)}")
+        return (
+            self.t_of_sigma_tilde(torch.exp(log_s).clamp(math.exp(lo), math.exp(hi)))
+            .clamp(self.t_min, 1.0)
+            .to(device)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -237,18 +259,25 @@ class DDPM(Process):
         n: int,
         generator: torch.Generator | None,
         device: torch.device | str = "cpu",
-        density: Literal["time", "log_sigma"] = "time",
+        density: Density = "time",
+        log_mean: float = LOG_NORMAL_MEAN,
+        log_std: float = LOG_NORMAL_STD,
     ) -> torch.Tensor:
         """Training levels, returned as t = i/N: i ~ U{1…N} (``time``), or with probability
-        ∝ log σ̃_i − log σ̃_{i−1} (``log_sigma``; level 1 gets the interval of level 2)."""
+        ∝ log σ̃_i − log σ̃_{i−1} (``log_sigma``; level 1 gets the interval of level 2), times
+        the normal density of log σ̃_i (``log_normal``)."""
         where = generator.device if generator is not None else None
-        if density == "log_sigma":
-            log_s = 0.5 * torch.log(torch.expm1(-self.log_alpha_bar[1:]))
-            gaps = log_s.diff()
-            probs = torch.cat([gaps[:1], gaps]).clamp_min(0)
-            i = torch.multinomial(probs.to(where or "cpu"), n, replacement=True, generator=generator) + 1
-        else:
+        if density == "time":
             i = torch.randint(1, self.n_steps + 1, (n,), generator=generator, device=where)
+            return (i.to(torch.float64) / self.n_steps).to(device)
+        log_s = 0.5 * torch.log(torch.expm1(-self.log_alpha_bar[1:]))
+        gaps = log_s.diff()
+        probs = torch.cat([gaps[:1], gaps]).clamp_min(0)
+        if density == "log_normal":
+            probs = probs * torch.exp(-0.5 * ((log_s - log_mean) / log_std) ** 2)
+        elif density != "log_sigma":
+            raise ValueError(f"unknown density {density!r}; choose one of: {', '.join(DENSITIES)}")
+        i = torch.multinomial(probs.to(where or "cpu"), n, replacement=True, generator=generator) + 1
         return (i.to(torch.float64) / self.n_steps).to(device)
 
 

@@ -45,7 +45,13 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
-from genmodels.diffusion.processes import DDPM, Process, make_process
+from genmodels.diffusion.processes import (
+    DDPM,
+    LOG_NORMAL_MEAN,
+    LOG_NORMAL_STD,
+    Process,
+    make_process,
+)
 from genmodels.diffusion.solvers import (
     ddpm_elbo,
     gaussian_prior_log_prob,
@@ -73,6 +79,16 @@ class DiffusionConfig(ModelConfig):
     """what the network outputs: v, eps (ε), x0 or score"""
     weighting: Literal["prediction", "eps", "likelihood", "min-snr"] = "prediction"
     """loss weight per noise level (module docstring)"""
+    noise_levels: Literal["auto", "time", "log_uniform", "log_normal"] = "auto"
+    """training distribution of the noise level: t uniform (time), log σ̃ uniform on
+    [σ̃_min, σ̃_max] (log_uniform), or log σ̃ ~ N(log_sigma_mean, log_sigma_std²) truncated
+    there (log_normal, Karras et al. 2022); auto: log_uniform for the likelihood weighting
+    (its importance distribution, the only one it accepts), else time. The density
+    multiplies the weighting: it decides which noise levels the network learns best"""
+    log_sigma_mean: float = LOG_NORMAL_MEAN
+    """mean of log σ̃ for noise_levels=log_normal (σ̃ of the standardized data)"""
+    log_sigma_std: float = LOG_NORMAL_STD
+    """standard deviation of log σ̃ for noise_levels=log_normal"""
     beta_schedule: Literal["linear", "cosine"] = "linear"
     """β schedule of the ddpm process"""
     n_timesteps: int = 1000
@@ -280,8 +296,14 @@ class Diffusion(Model):
 
     def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         c = self.config
-        density = "log_sigma" if c.weighting == "likelihood" else "time"
-        t = self.process.sample_t(u.shape[0], generator, device=u.device, density=density)
+        t = self.process.sample_t(
+            u.shape[0],
+            generator,
+            device=u.device,
+            density=_DENSITY_OF[_noise_levels(c)],
+            log_mean=c.log_sigma_mean,
+            log_std=c.log_sigma_std,
+        )
         eps = _randn(u.shape, generator, u)
         alpha, sigma = self._coefficients(t, u)
         x = alpha * u + sigma * eps
@@ -371,6 +393,16 @@ class Diffusion(Model):
         )
 
 
+#: noise_levels option → Process.sample_t density
+_DENSITY_OF = {"time": "time", "log_uniform": "log_sigma", "log_normal": "log_normal"}
+
+
+def _noise_levels(c: DiffusionConfig) -> str:
+    if c.noise_levels != "auto":
+        return c.noise_levels
+    return "log_uniform" if c.weighting == "likelihood" else "time"
+
+
 def _auto_spacing(sampler: str) -> str:
     """The levels ``spacing="auto"`` walks: trailing for the Euler–Maruyama samplers (sde, pc),
     whose last step is then one full denoising jump from t = 1/N; levels uniform in log-SNR
@@ -403,6 +435,16 @@ def _validate(c: DiffusionConfig) -> None:
             f"unknown weighting {c.weighting!r}; choose one of: {', '.join(WEIGHTINGS)}",
         ),
         (c.net in ("mlp", "unet"), f"unknown net {c.net!r}; choose one of: mlp, unet"),
+        (
+            c.noise_levels in _DENSITY_OF or c.noise_levels == "auto",
+            f"unknown noise_levels {c.noise_levels!r}; choose one of: auto, {', '.join(_DENSITY_OF)}",
+        ),
+        (
+            c.weighting != "likelihood" or _noise_levels(c) == "log_uniform",
+            "weighting=likelihood draws its noise levels log-uniformly (its importance "
+            f"distribution); leave noise_levels at auto, not {c.noise_levels!r}",
+        ),
+        (c.log_sigma_std > 0, f"log_sigma_std must be positive, got {c.log_sigma_std}"),
         (0.0 <= c.ema < 1.0, f"ema must be in [0, 1), got {c.ema}"),
         (c.sigma_min > 0, f"sigma_min must be positive, got {c.sigma_min}"),
         (c.sigma_max >= 0, f"sigma_max must be >= 0 (0: from the data), got {c.sigma_max}"),

@@ -110,7 +110,9 @@ class EBMConfig(ModelConfig):
     kernel: KernelName = "mala"
     """MCMC kernel of the chains: mala, langevin (unadjusted) or hmc"""
     mcmc_steps: int = 20
-    """kernel steps per training step (k of CD-k for method cd)"""
+    """kernel steps per training step (k of CD-k for method cd); with tempering each of the
+    T replicas takes max(1, mcmc_steps // T) steps, so that tempered chains cost about what
+    plain ones do"""
     step_size: float = 0.01
     """MCMC step size Δt in standardized units (initial value; mala and hmc adapt it to their
     target acceptance while training, langevin keeps it)"""
@@ -120,10 +122,11 @@ class EBMConfig(ModelConfig):
     """persistent chains kept in the replay buffer"""
     reinit: float = 0.05
     """fraction of the persistent chains restarted from q at each step"""
-    temperatures: int = 1
+    temperatures: int = 4
     """persistent chains: replicas per chain on a geometric ladder β ∈ [0.01, 1] of the tempered
     family exp(β f̃) N(0, I), f̃ = f + log q − log N(0, I), exchanged by parallel tempering
-    (tutorial §4) so that chains move between separated modes; 1 = no tempering"""
+    (tutorial §4) so that chains move between separated modes and keep their weights; 1 = no
+    tempering"""
     reinit_from: Literal["reference", "data", "uniform"] = "reference"
     """where restarted (and initial) persistent chains start: draws of q, or data points (as
     in contrastive divergence; the chains then run on and forget their start)"""
@@ -522,10 +525,11 @@ class EBM(Model):
     def _tempered_chains(
         self, cold: torch.Tensor, hot: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``mcmc_steps`` parallel-tempering steps (MALA at every β, then neighbour swaps) of
+        """``mcmc_steps // T`` parallel-tempering steps (MALA at every β, then neighbour swaps) of
         the replicas ``hot`` (T − 1, n, d) and ``cold`` (n, d, at β = 1). Returns the cold
         positions, their acceptance (n,), gradient norms (n,) and the hot positions."""
         T = hot.shape[0] + 1
+        steps = max(1, self.config.mcmc_steps // T)
         pt = ParallelTempering(MALA(step_size=eps.repeat(T)[:, None]), geometric_ladder(T))
 
         def f_tilde(u: torch.Tensor) -> torch.Tensor:
@@ -534,13 +538,13 @@ class EBM(Model):
         with _Frozen(self):
             state = pt.init(torch.cat([hot, cold[None]]).detach(), f_tilde)
             acc = torch.zeros((), device=self.device, dtype=torch.float64)
-            for _ in range(self.config.mcmc_steps):
+            for _ in range(steps):
                 state, info = pt.step(state, generator)
                 acc = acc + info.kernel_acceptance[-1]
         positions = state.positions().detach()
         n = cold.shape[0]
         grad = state.inner.grad.reshape(T, n, -1)[-1].norm(dim=-1)
-        acc = (acc / self.config.mcmc_steps).to(cold.dtype).expand(n)
+        acc = (acc / steps).to(cold.dtype).expand(n)
         return positions[-1], acc, grad, positions[:-1]
 
     def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:

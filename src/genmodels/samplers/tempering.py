@@ -97,11 +97,12 @@ class ParallelTempering:
         if position.ndim != 3 or position.shape[0] != T:
             raise ValueError(f"position must be (n, d) or ({T}, n, d), got {tuple(position.shape)}")
         n = position.shape[1]
-        beta_per_chain = self.betas.to(position.dtype).repeat_interleave(n)
+        betas = self.betas.to(position.device)
+        beta_per_chain = betas.to(position.dtype).repeat_interleave(n)
         self._f = f
         log_density = tempered_log_density(f, beta_per_chain)
         inner = self.kernel.init(position.reshape(T * n, -1), log_density)
-        return TemperingState(inner, self.betas, n, 0)
+        return TemperingState(inner, betas, n, 0)
 
     def step(self, state: TemperingState, generator: torch.Generator) -> tuple[TemperingState, TemperingInfo]:
         T, n = len(state.betas), state.n_chains
@@ -113,7 +114,7 @@ class ParallelTempering:
             fx = f(inner.position).reshape(T, n).double()
         first = state.step % 2
         lo = torch.arange(first, T - 1, 2)
-        swap_rate = torch.full((T - 1,), float("nan"), dtype=torch.float64)
+        swap_rate = torch.full((T - 1,), float("nan"), dtype=torch.float64, device=fx.device)
         if len(lo) > 0:
             hi = lo + 1
             log_r = (state.betas[lo] - state.betas[hi])[:, None] * (fx[hi] - fx[lo])  # (pairs, n)
