@@ -381,3 +381,31 @@ def test_importance_resampled_starts_follow_the_model():
     assert s.shape == (500, 2) and torch.isfinite(s).all()
     with pytest.raises(ValueError, match="init"):
         model.sample(5, init="prior")
+
+
+@pytest.mark.parametrize("temperatures, mcmc_steps, expected", [(4, 20, 5), (3, 7, 2), (4, 2, 1), (1, 6, 6)])
+def test_tempering_shares_the_chain_budget(monkeypatch, temperatures, mcmc_steps, expected):
+    """mcmc_steps is the budget per chain: under tempering each of the T replicas takes
+    max(1, mcmc_steps // T) kernel steps per training step, so the default tempered chains
+    cost what plain ones do; without tempering every chain takes mcmc_steps steps."""
+    from genmodels.samplers import langevin
+
+    calls = []
+    real_step = langevin.MALA.step
+
+    def counting_step(self, state, generator):
+        calls.append(state.position.shape[0])
+        return real_step(self, state, generator)
+
+    monkeypatch.setattr(langevin.MALA, "step", counting_step)
+    opts = {"method": "mle", "temperatures": temperatures, "mcmc_steps": mcmc_steps}
+    model = build_model("ebm", 2, {**opts, "hidden": 8, "depth": 1, "buffer_size": 32})
+    model.set_normalization(torch.zeros(2), torch.ones(2))
+    data = get_target("8gaussians").sample(200, generator=torch.Generator().manual_seed(0))
+    model.prepare(data, torch.Generator())
+    model.configure_optimizers(1e-3)
+    batch = 16
+    x = get_target("8gaussians").sample(batch, generator=torch.Generator().manual_seed(1))
+    model.step(x, torch.Generator().manual_seed(2))
+    assert len(calls) == expected
+    assert all(n == temperatures * batch for n in calls)  # every replica of every chain moves

@@ -165,6 +165,10 @@ def train(
     device = resolve_device(config.device)
 
     if isinstance(model, str):
+        options = dict(options or {})
+        if dataset.levels is not None and "levels" in get_family(model).option_names():
+            # integer data: families with discrete conditionals (made) model its levels
+            options.setdefault("levels", dataset.levels)
         model = build_model(model, dataset.dim, options, seed=config.seed)
     if model.dim != dataset.dim:
         raise ValueError(f"the model is for dimension {model.dim} but the data has dimension {dataset.dim}")

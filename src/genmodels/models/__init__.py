@@ -13,6 +13,9 @@ import torch
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
 from genmodels.models.diffusion import Diffusion
 from genmodels.models.ebm import EBM
+from genmodels.models.made import MADEModel
+from genmodels.models.maf import MAF
+from genmodels.models.nsf import NSF
 from genmodels.models.realnvp import RealNVP
 
 #: name → class; the CLI, the checkpoints and the tour read this table and nothing else.
@@ -20,6 +23,9 @@ FAMILIES: dict[str, type[Model]] = {
     RealNVP.family: RealNVP,
     EBM.family: EBM,
     Diffusion.family: Diffusion,
+    MAF.family: MAF,
+    NSF.family: NSF,
+    MADEModel.family: MADEModel,
 }
 
 
