@@ -13,16 +13,20 @@ import torch
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
 from genmodels.models.diffusion import Diffusion
 from genmodels.models.ebm import EBM
+from genmodels.models.fm import FlowMatching
 from genmodels.models.made import MADEModel
 from genmodels.models.maf import MAF
 from genmodels.models.nsf import NSF
 from genmodels.models.realnvp import RealNVP
+from genmodels.models.vae import VAE
 
 #: name → class; the CLI, the checkpoints and the tour read this table and nothing else.
 FAMILIES: dict[str, type[Model]] = {
     RealNVP.family: RealNVP,
     EBM.family: EBM,
     Diffusion.family: Diffusion,
+    VAE.family: VAE,
+    FlowMatching.family: FlowMatching,
     MAF.family: MAF,
     NSF.family: NSF,
     MADEModel.family: MADEModel,
