@@ -14,6 +14,7 @@ from genmodels.models.base import Model, ModelConfig, NotSupportedError
 from genmodels.models.diffusion import Diffusion
 from genmodels.models.ebm import EBM
 from genmodels.models.fm import FlowMatching
+from genmodels.models.gan import GAN, WGANGP
 from genmodels.models.made import MADEModel
 from genmodels.models.maf import MAF
 from genmodels.models.nsf import NSF
@@ -30,6 +31,8 @@ FAMILIES: dict[str, type[Model]] = {
     MAF.family: MAF,
     NSF.family: NSF,
     MADEModel.family: MADEModel,
+    GAN.family: GAN,
+    WGANGP.family: WGANGP,
 }
 
 
