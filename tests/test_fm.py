@@ -140,7 +140,7 @@ def test_ode_log_likelihood_of_a_closed_form_flow(divergence: str) -> None:
     expected = torch.distributions.Normal(MU, S).log_prob(u).sum(1) - torch.log(scale).sum()
     torch.testing.assert_close(out.values, expected.double(), rtol=0, atol=1e-6)
     # fixed-step solvers converge to the same value
-    heun = model.log_prob(x, solver="heun", steps=200).values
+    heun = model.log_prob(x, sampler="heun", steps=200).values
     torch.testing.assert_close(heun, expected.double(), rtol=0, atol=1e-4)
 
     z = torch.randn(100, 2, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
@@ -159,13 +159,13 @@ def test_fixed_step_solvers_converge_at_their_order() -> None:
     err = {}
     for solver in ("euler", "heun"):
         for steps in (10, 40):
-            xs = model.sample(300, generator=torch.Generator().manual_seed(0), solver=solver, steps=steps)
+            xs = model.sample(300, generator=torch.Generator().manual_seed(0), sampler=solver, steps=steps)
             err[solver, steps] = float((xs - exact).abs().max())
     assert 3.0 < err["euler", 10] / err["euler", 40] < 5.5, err
     assert 12.0 < err["heun", 10] / err["heun", 40] < 20.0, err
     assert err["heun", 10] < 0.1 * err["euler", 10], err
     straight = FixedField(_closed_form_velocity)
-    one = straight.sample(300, generator=torch.Generator().manual_seed(0), solver="euler", steps=1)
+    one = straight.sample(300, generator=torch.Generator().manual_seed(0), sampler="euler", steps=1)
     torch.testing.assert_close(one, exact, rtol=0, atol=1e-12)
 
 
@@ -197,7 +197,7 @@ def test_reflow_straightens_the_flow() -> None:
 
     def one_step_error(m) -> float:
         ref = m.sample(1000, generator=g.manual_seed(9), rtol=1e-5, atol=1e-5)
-        one = m.sample(1000, generator=g.manual_seed(9), solver="euler", steps=1)
+        one = m.sample(1000, generator=g.manual_seed(9), sampler="euler", steps=1)
         return float(((one - ref) ** 2).sum(1).mean())
 
     before = {}
@@ -227,12 +227,12 @@ def test_short_training_lowers_the_exact_kl_below_bar(tmp_path) -> None:
     kl0 = kl_to_truth(build_model("fm", 2, opts), target, n=1500, generator=torch.Generator().manual_seed(11))
     assert kl0.value > 1.5, kl0
 
-    a = model.sample(100, generator=torch.Generator().manual_seed(5), solver="heun", steps=20)
-    b = model.sample(100, generator=torch.Generator().manual_seed(5), solver="heun", steps=20)
+    a = model.sample(100, generator=torch.Generator().manual_seed(5), sampler="heun", steps=20)
+    b = model.sample(100, generator=torch.Generator().manual_seed(5), sampler="heun", steps=20)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     loaded, _ = load_run(tmp_path / "run")
     torch.testing.assert_close(
-        loaded.sample(100, generator=torch.Generator().manual_seed(5), solver="heun", steps=20), a
+        loaded.sample(100, generator=torch.Generator().manual_seed(5), sampler="heun", steps=20), a
     )
     x = target.sample(100, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(loaded.log_prob(x).values, model.log_prob(x).values)
@@ -255,5 +255,5 @@ def test_bad_options_are_one_line_errors(options, match) -> None:
 
 def test_bad_solver() -> None:
     model = build_model("fm", 2, {"hidden": 8})
-    with pytest.raises(ValueError, match="solver"):
-        model.sample(5, solver="rk45")
+    with pytest.raises(ValueError, match="sampler"):
+        model.sample(5, sampler="rk45")

@@ -28,7 +28,7 @@ step r · reflow_every, r = 1 … reflow; the pairs live in a buffer, so checkpo
 
 **Sampling and likelihood** run the shared ODE code of :mod:`genmodels.ode`: samples are
 x_1 = solve_ode(v_θ, x_0, 0 → 1), x_0 ~ N(0, I), with a fixed-step Euler/Heun/midpoint/RK4
-or the adaptive dopri5 (``solver``, ``steps``); the log-density is the instantaneous change of
+or the adaptive dopri5 (``sampler``, ``steps``: the sampler is the ODE solver); the log-density is the instantaneous change of
 variables from t = 1 back to t = 0 (Chen et al. 2018),
 
     log p_1(x) = log N(x(0); 0, I) − ∫_0^1 ∇·v_θ(x(t), t) dt,
@@ -54,7 +54,7 @@ from genmodels.ode import ode_log_likelihood, solve_ode
 from genmodels.types import LogDensity
 
 Solver = Literal["dopri5", "euler", "heun", "midpoint", "rk4"]
-#: solver option → genmodels.ode (torchdiffeq) method
+#: sampler option → genmodels.ode (torchdiffeq) method
 SOLVERS: dict[str, str] = {
     "dopri5": "dopri5",
     "euler": "euler",
@@ -96,8 +96,8 @@ class FlowMatchingConfig(ModelConfig):
 class FlowMatchingSampleConfig(SampleConfig):
     """Options of ``sample`` (and of the ODE in ``log_prob``) for the flow-matching family."""
 
-    solver: Solver = "dopri5"
-    """ODE solver: adaptive dopri5, or fixed-step euler, heun, midpoint, rk4"""
+    sampler: Solver = "dopri5"
+    """the ODE solver: adaptive dopri5, or fixed-step euler, heun, midpoint, rk4"""
     steps: int = 100
     """steps of a fixed-step solver (ignored by dopri5)"""
     rtol: float = 1e-5
@@ -216,9 +216,9 @@ class FlowMatching(Model):
 
     # -- sampling and likelihood -------------------------------------------------------
     def _ode_kwargs(self, opts: FlowMatchingSampleConfig) -> dict[str, Any]:
-        if opts.solver not in SOLVERS:
-            raise ValueError(f"unknown solver {opts.solver!r}; choose one of: {', '.join(SOLVERS)}")
-        method = SOLVERS[opts.solver]
+        if opts.sampler not in SOLVERS:
+            raise ValueError(f"unknown sampler {opts.sampler!r}; choose one of: {', '.join(SOLVERS)}")
+        method = SOLVERS[opts.sampler]
         if method == "dopri5":
             return {"method": method, "rtol": opts.rtol, "atol": opts.atol}
         if opts.steps < 1:
@@ -229,7 +229,7 @@ class FlowMatching(Model):
         return solve_ode(self.velocity, x0, 0.0, 1.0, **self._ode_kwargs(opts)).x
 
     def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
-        """x_1 = ODE(x_0), x_0 ~ N(0, I), integrated from t = 0 to 1 with ``solver``."""
+        """x_1 = ODE(x_0), x_0 ~ N(0, I), integrated from t = 0 to 1 with ``sampler``."""
         opts = FlowMatchingSampleConfig(**options)
         return self._transport(_randn((n, self.dim), generator, self.shift), opts)
 
@@ -242,7 +242,7 @@ class FlowMatching(Model):
     ) -> LogDensity:
         """log p_1(u) by the instantaneous change of variables from t = 1 to 0 (module docstring):
         kind "exact" (exact trace, d ≤ 16) or "estimate" (Hutchinson, probes seeded by ``seed``);
-        ``options`` pick the ODE solver as for ``sample``."""
+        ``options`` pick the ODE solver (``sampler``) as for ``sample``."""
         kwargs = self._ode_kwargs(FlowMatchingSampleConfig(**options))
         return ode_log_likelihood(
             self.velocity,
