@@ -62,7 +62,8 @@ class MADEConfig(ModelConfig):
     """soft bound c on each component's log-std (standardized units): log σ = c·tanh(ŝ/c)"""
     levels: int = 0
     """0: continuous data (mixtures of Gaussians); L > 0: integer data with L levels, fed dequantized
-    as y = (k + v)/L ∈ [0, 1) (categorical conditionals); set it to the dataset's ``levels``"""
+    as y = (k + v)/L ∈ [0, 1) (categorical conditionals); the training loop sets it from integer
+    data (digits: 17)"""
 
 
 class MADEModel(Model):
