@@ -258,3 +258,23 @@ def test_diffusion_with_each_process_through_every_command(tmp_path: Path, capsy
     bad = ["sample", str(run_dir), "--n", "5", "--out", str(tmp_path / "x.npy"), "--sampler", "rk45"]
     code, _, err = run(bad, capsys)
     assert code == 2 and "sampler" in err
+
+
+def test_tour_writes_the_table_and_a_picture_per_family(tmp_path: Path, capsys) -> None:
+    """`genmodels tour` (the README's main job) on a density family and a sample-only one:
+    one table row each with the KL's kind, and a non-blank picture per family."""
+    from PIL import Image
+
+    out = tmp_path / "tour"
+    code, stdout, err = run(
+        ["tour", "--out", str(out), "--families", "realnvp,gan", "--steps-scale", "0.02"], capsys
+    )
+    assert code == 0, err
+    table = (out / "results.md").read_text()
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["family"] for r in rows] == ["realnvp", "gan"]
+    assert rows[0]["kl_kind"] == "exact" and rows[1]["kl_kind"] == "estimate"
+    assert "realnvp" in table and "gan" in table and "realnvp" in stdout
+    for name in ("realnvp", "gan"):
+        img = np.asarray(Image.open(out / f"{name}.png").convert("L"), dtype=float)
+        assert img.shape[0] > 100 and img.shape[1] > 200 and img.std() > 10, name
