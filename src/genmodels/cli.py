@@ -1,4 +1,4 @@
-"""The ``genmodels`` command: datasets, train, sample, log-prob, evaluate, tour."""
+"""The ``genmodels`` command: datasets, train, sample, log-prob, evaluate, tour, figures."""
 
 from __future__ import annotations
 
@@ -166,6 +166,15 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", default=None, help="comma-separated subset of families")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every family's tour steps")
+
+    p = sub.add_parser("figures", help="write the tutorial's figures and animations (GIFs)")
+    p.add_argument("--out", default="figures", help="output folder (default: figures)")
+    p.add_argument(
+        "--only",
+        default=None,
+        metavar="NAME",
+        help="write only this figure: overview, mode_covering, mode_chasing or langevin",
+    )
     return parser
 
 
@@ -373,6 +382,15 @@ def cmd_tour(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_figures(args: argparse.Namespace) -> None:
+    from genmodels.figures import FIGURES, make_figures
+
+    if args.only is not None and args.only not in FIGURES:
+        raise CLIError(f"unknown figure {args.only!r} for --only; choose one of {', '.join(FIGURES)}")
+    for path in make_figures(Path(args.out), only=args.only):
+        print(f"wrote {path}")
+
+
 def _save_npy(path: str, array: np.ndarray) -> None:
     import io
 
@@ -405,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             cmd_evaluate(args)
         elif args.command == "tour":
             cmd_tour(args)
+        elif args.command == "figures":
+            cmd_figures(args)
     except (
         CLIError,
         DataError,
