@@ -28,8 +28,8 @@ step r · reflow_every, r = 1 … reflow; the pairs live in a buffer, so checkpo
 
 **Sampling and likelihood** run the shared ODE code of :mod:`genmodels.ode`: samples are
 x_1 = solve_ode(v_θ, x_0, 0 → 1), x_0 ~ N(0, I), with a fixed-step Euler/Heun/midpoint/RK4
-or the adaptive dopri5 (``sampler``, ``steps``: the sampler is the ODE solver); the log-density is the instantaneous change of
-variables from t = 1 back to t = 0 (Chen et al. 2018),
+or the adaptive dopri5 (``sampler``, ``steps``: the sampler is the ODE solver); the
+log-density is the instantaneous change of variables from t = 1 back to t = 0 (Chen et al. 2018),
 
     log p_1(x) = log N(x(0); 0, I) − ∫_0^1 ∇·v_θ(x(t), t) dt,
 
