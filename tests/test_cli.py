@@ -278,3 +278,35 @@ def test_tour_writes_the_table_and_a_picture_per_family(tmp_path: Path, capsys) 
     for name in ("realnvp", "gan"):
         img = np.asarray(Image.open(out / f"{name}.png").convert("L"), dtype=float)
         assert img.shape[0] > 100 and img.shape[1] > 200 and img.std() > 10, name
+
+
+def test_flow_matching_takes_its_ode_solver_as_sampler_everywhere(tmp_path: Path, capsys) -> None:
+    """fm's sampler is its ODE solver: `sample --sampler heun --steps N` and `log-prob --option
+    sampler=heun` both reach it; its other sampler options are valid log-density options."""
+    run_dir = tmp_path / "run"
+    code, _, err = run(
+        ["train", "fm", "--out", str(run_dir), "--steps", "20", "--hidden", "16", "--no-progress"], capsys
+    )
+    assert code == 0, err
+    code, _, err = run(
+        [
+            "sample",
+            str(run_dir),
+            "--n",
+            "50",
+            "--out",
+            str(tmp_path / "s.npy"),
+            "--sampler",
+            "heun",
+            "--steps",
+            "4",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    args = ["log-prob", str(run_dir), "--data", str(tmp_path / "s.npy"), "--out", str(tmp_path / "lp.npy")]
+    code, out, err = run([*args, "--option", "sampler=heun", "--option", "steps=8"], capsys)
+    assert code == 0 and "(exact)" in out, err
+    assert np.isfinite(np.load(tmp_path / "lp.npy")).all()
+    code, _, err = run([*args, "--option", "sampler=rk45"], capsys)
+    assert code == 2 and "unknown sampler 'rk45'" in err

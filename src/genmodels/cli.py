@@ -311,13 +311,18 @@ def cmd_log_prob(args: argparse.Namespace) -> None:
 
 
 def _log_prob_options(model: Any, pairs: list[str]) -> dict[str, Any]:
-    """KEY=VALUE pairs checked against the keyword arguments of the family's ``_log_prob``."""
+    """KEY=VALUE pairs checked against the keyword arguments of the family's ``_log_prob``;
+    a ``_log_prob`` that takes ``**options`` passes them to its sampler (flow matching's ODE
+    solver), so the family's sampler options are valid too."""
     params = inspect.signature(model._log_prob).parameters.items()
-    types = {
+    types: dict[str, type] = {
         k: type(p.default) if isinstance(p.default, (int, float)) else str
         for k, p in params
         if k != "u" and p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
     }
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for _, p in params):
+        hints = _field_types(model.SampleConfig)
+        types = {**{f.name: hints[f.name] for f in fields(model.SampleConfig)}, **types}
     return _parse_pairs(pairs, types, "log-density", model.family)
 
 
