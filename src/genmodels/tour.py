@@ -27,7 +27,7 @@ from genmodels.train import TrainConfig, train
 TOUR_EVAL_N = 5000
 #: grid points per side of the density panels; every model log-density is evaluated on it
 #: (for diffusion, one probability-flow ODE per point)
-TOUR_RESOLUTION = 100
+TOUR_RESOLUTION = 70
 
 
 def run_tour(

@@ -139,7 +139,7 @@ class FlowMatching(Model):
     SampleConfig: ClassVar[type[SampleConfig]] = FlowMatchingSampleConfig
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 12_000, "lr": 2e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 4000
+    tour_steps: ClassVar[int] = 2000
     config: FlowMatchingConfig
 
     def __init__(self, dim: int, config: FlowMatchingConfig | None = None) -> None:

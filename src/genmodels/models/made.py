@@ -73,7 +73,7 @@ class MADEModel(Model):
     Config = MADEConfig
     has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 3000
+    tour_steps: ClassVar[int] = 2000
 
     def __init__(self, dim: int, config: MADEConfig | None = None) -> None:
         super().__init__(dim, config)

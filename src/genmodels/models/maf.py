@@ -102,7 +102,7 @@ class MAF(Model):
     Config = MAFConfig
     has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 10_000, "lr": 1e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 4000
+    tour_steps: ClassVar[int] = 1000
 
     def __init__(self, dim: int, config: MAFConfig | None = None) -> None:
         super().__init__(dim, config)

@@ -151,7 +151,7 @@ class NSF(Model):
     Config = NSFConfig
     has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 3000
+    tour_steps: ClassVar[int] = 1000
 
     def __init__(self, dim: int, config: NSFConfig | None = None) -> None:
         super().__init__(dim, config)

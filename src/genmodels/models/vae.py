@@ -134,7 +134,7 @@ class VAE(Model):
     #: 40,000 steps (≈ 2½ minutes on one core): at 10,000 the IWAE-bound KL on 8gaussians was
     #: 0.29 nats, at 40,000 0.14 (docs/benchmarks.md)
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 40_000, "lr": 1e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 4000
+    tour_steps: ClassVar[int] = 2000
     config: VAEConfig
 
     def __init__(self, dim: int, config: VAEConfig | None = None) -> None:
