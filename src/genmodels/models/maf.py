@@ -22,18 +22,16 @@ same map as realnvp's), so that every coordinate is, in some layer, conditioned 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from genmodels.models.base import Model, ModelConfig
-from genmodels.models.realnvp import LUInvertibleLinear
+from genmodels.models.base import ModelConfig
+from genmodels.models.realnvp import Flow, LUInvertibleLinear
 from genmodels.nets.made import MADE
 from genmodels.nets.mlp import _ACTIVATIONS, Activation
-from genmodels.types import LogDensity
 
 _MIXINGS = ("reverse", "lu")
 
@@ -66,6 +64,18 @@ class Reverse(nn.Module):
         return z.flip(-1), z.new_zeros(z.shape[0])
 
 
+def with_mixing(blocks: list[nn.Module], mixing: str, dim: int) -> nn.ModuleList:
+    """The blocks with a reversal of the coordinates between consecutive ones (``reverse``), or
+    a learned LU linear map started at the reversal (``lu``, Glow §3.2)."""
+    flows: list[nn.Module] = []
+    for i, block in enumerate(blocks):
+        if i > 0:
+            reverse = torch.arange(dim - 1, -1, -1)
+            flows.append(LUInvertibleLinear(dim, reverse) if mixing == "lu" else Reverse())
+        flows.append(block)
+    return nn.ModuleList(flows)
+
+
 class MaskedAffineAutoregressive(nn.Module):
     """z_i = (x_i − μ_i(x_{<i})) e^{−α_i(x_{<i})} (MAF Eq. 5); starts as the identity."""
 
@@ -95,12 +105,11 @@ class MaskedAffineAutoregressive(nn.Module):
         return x, alpha.sum(-1)
 
 
-class MAF(Model):
+class MAF(Flow):
     """A masked autoregressive flow on R^d with a standard normal base; exact ``log_prob``."""
 
     family = "maf"
     Config = MAFConfig
-    has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 10_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 1000
 
@@ -117,48 +126,8 @@ class MAF(Model):
             )
         if not cfg.scale_clamp > 0:
             raise ValueError(f"scale_clamp must be > 0, got {cfg.scale_clamp}")
-        flows: list[nn.Module] = []
-        for i in range(cfg.layers):
-            if i > 0:
-                if cfg.mixing == "lu":
-                    flows.append(LUInvertibleLinear(dim, torch.arange(dim - 1, -1, -1)))
-                else:
-                    flows.append(Reverse())
-            flows.append(
-                MaskedAffineAutoregressive(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.scale_clamp)
-            )
-        self.flows = nn.ModuleList(flows)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f: data → base. Returns (z, Σ log|det ∂f_l|), shapes ((n, d), (n,))."""
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self.flows:
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """g = f⁻¹: base → data. Returns (x, log|det ∂g/∂z|)."""
-        logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self.flows):
-            z, ld = layer.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
-
-    def _log_prob(self, u: torch.Tensor) -> LogDensity:
-        """log q(u) = log N(f(u); 0, I) + log|det ∂f/∂u| (exact, one pass)."""
-        z, logdet = self(u)
-        log_base = -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-        return LogDensity(log_base + logdet, "exact")
-
-    def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Maximum likelihood; ``nll`` is the data-space NLL (nats)."""
-        loss = -self._log_prob(u).values.mean()
-        return {"loss": loss, "nll": loss.detach() + torch.log(self.scale).sum()}
-
-    def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
-        """u = g(z), z ~ N(0, I), by the d-step inverse of each layer."""
-        if options:
-            raise TypeError(f"maf sampling takes no options, got {', '.join(options)}")
-        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.scale.dtype)
-        return self.inverse(z)[0]
+        blocks = [
+            MaskedAffineAutoregressive(dim, cfg.hidden, cfg.depth, cfg.activation, cfg.scale_clamp)
+            for _ in range(cfg.layers)
+        ]
+        self.flows = with_mixing(blocks, cfg.mixing, dim)

@@ -22,20 +22,18 @@ Every layer starts as the identity (zero last layers give equal bins and unit de
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from genmodels.models.base import Model, ModelConfig
-from genmodels.models.maf import Reverse
-from genmodels.models.realnvp import LUInvertibleLinear
+from genmodels.models.base import ModelConfig
+from genmodels.models.maf import with_mixing
+from genmodels.models.realnvp import Flow
 from genmodels.nets.made import MADE
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation
 from genmodels.splines import rational_quadratic_spline, spline_params_count
-from genmodels.types import LogDensity
 
 _TRANSFORMS = ("coupling", "autoregressive")
 _MIXINGS = ("reverse", "lu")
@@ -144,12 +142,11 @@ class SplineAutoregressive(_SplineLayer):
         return x, ld.sum(-1)
 
 
-class NSF(Model):
+class NSF(Flow):
     """A rational-quadratic neural spline flow with a standard normal base; exact ``log_prob``."""
 
     family = "nsf"
     Config = NSFConfig
-    has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 1000
 
@@ -179,46 +176,4 @@ class NSF(Model):
         if not 0 < cfg.min_derivative < 1:
             raise ValueError(f"min_derivative must be in (0, 1), got {cfg.min_derivative}")
         block = SplineCoupling if cfg.transform == "coupling" else SplineAutoregressive
-        flows: list[nn.Module] = []
-        for i in range(cfg.layers):
-            if i > 0:
-                if cfg.mixing == "lu":
-                    flows.append(LUInvertibleLinear(dim, torch.arange(dim - 1, -1, -1)))
-                else:
-                    flows.append(Reverse())
-            flows.append(block(dim, cfg))
-        self.flows = nn.ModuleList(flows)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f: data → base. Returns (z, Σ log|det ∂f_l|), shapes ((n, d), (n,))."""
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self.flows:
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """g = f⁻¹: base → data. Returns (x, log|det ∂g/∂z|)."""
-        logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self.flows):
-            z, ld = layer.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
-
-    def _log_prob(self, u: torch.Tensor) -> LogDensity:
-        """log q(u) = log N(f(u); 0, I) + log|det ∂f/∂u| (exact)."""
-        z, logdet = self(u)
-        log_base = -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-        return LogDensity(log_base + logdet, "exact")
-
-    def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Maximum likelihood; ``nll`` is the data-space NLL (nats)."""
-        loss = -self._log_prob(u).values.mean()
-        return {"loss": loss, "nll": loss.detach() + torch.log(self.scale).sum()}
-
-    def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
-        """u = g(z), z ~ N(0, I)."""
-        if options:
-            raise TypeError(f"nsf sampling takes no options, got {', '.join(options)}")
-        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.scale.dtype)
-        return self.inverse(z)[0]
+        self.flows = with_mixing([block(dim, cfg) for _ in range(cfg.layers)], cfg.mixing, dim)

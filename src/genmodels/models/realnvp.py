@@ -117,12 +117,61 @@ class LUInvertibleLinear(nn.Module):
         return x, (-self.log_diag.sum()).expand(y.shape[0])
 
 
-class RealNVP(Model):
+class Flow(Model):
+    """A normalizing flow with a standard normal base: the composition of ``transforms()``,
+    each layer mapping x → (f_l(x), log|det ∂f_l/∂x|) with an ``inverse``. Shared by realnvp,
+    maf and nsf, which only build their layers:
+
+        log q(u) = log N(f(u); 0, I) + Σ_l log|det ∂f_l|,   u = g(z) = f⁻¹(z), z ~ N(0, I).
+    """
+
+    has_log_prob = True
+
+    def transforms(self) -> nn.ModuleList:
+        """The layers f_1, …, f_L, data side first."""
+        return self.flows
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """f: data → base. Returns (z, Σ log|det ∂f_l|), shapes ((n, d), (n,))."""
+        logdet = x.new_zeros(x.shape[0])
+        for layer in self.transforms():
+            x, ld = layer(x)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """g = f⁻¹: base → data. Returns (x, log|det ∂g/∂z|)."""
+        logdet = z.new_zeros(z.shape[0])
+        for layer in reversed(self.transforms()):
+            z, ld = layer.inverse(z)
+            logdet = logdet + ld
+        return z, logdet
+
+    def _log_prob(self, u: torch.Tensor) -> LogDensity:
+        """log q(u) = log N(f(u); 0, I) + log|det ∂f/∂u| (exact)."""
+        z, logdet = self(u)
+        log_base = -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+        return LogDensity(log_base + logdet, "exact")
+
+    def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
+        """Maximum likelihood: the mean negative log-likelihood of the batch in u-space;
+        ``nll`` is the same in data space (nats), comparable with the target's entropy."""
+        loss = -self._log_prob(u).values.mean()
+        return {"loss": loss, "nll": loss.detach() + torch.log(self.scale).sum()}
+
+    def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
+        """u = g(z), z ~ N(0, I)."""
+        if options:
+            raise TypeError(f"{self.family} sampling takes no options, got {', '.join(options)}")
+        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.scale.dtype)
+        return self.inverse(z)[0]
+
+
+class RealNVP(Flow):
     """A RealNVP flow on R^d (d ≥ 2) with a standard normal base; exact ``log_prob``."""
 
     family = "realnvp"
     Config = RealNVPConfig
-    has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 12_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 4000
 
@@ -148,37 +197,5 @@ class RealNVP(Model):
             )
         self.couplings = nn.ModuleList(layers)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """f: data → base. Returns (z, Σ log|det ∂f_l|), shapes ((n, d), (n,))."""
-        logdet = x.new_zeros(x.shape[0])
-        for layer in self.couplings:
-            x, ld = layer(x)
-            logdet = logdet + ld
-        return x, logdet
-
-    def inverse(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """g = f⁻¹: base → data. Returns (x, log|det ∂g/∂z|)."""
-        logdet = z.new_zeros(z.shape[0])
-        for layer in reversed(self.couplings):
-            z, ld = layer.inverse(z)
-            logdet = logdet + ld
-        return z, logdet
-
-    def _log_prob(self, u: torch.Tensor) -> LogDensity:
-        """log q(u) = log N(f(u); 0, I) + log|det ∂f/∂u| (exact)."""
-        z, logdet = self(u)
-        log_base = -0.5 * (z**2).sum(-1) - 0.5 * self.dim * math.log(2 * math.pi)
-        return LogDensity(log_base + logdet, "exact")
-
-    def loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """Maximum likelihood: the mean negative log-likelihood of the batch in u-space;
-        ``nll`` is the same in data space (nats), comparable with the target's entropy."""
-        loss = -self._log_prob(u).values.mean()
-        return {"loss": loss, "nll": loss.detach() + torch.log(self.scale).sum()}
-
-    def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
-        """u = g(z), z ~ N(0, I)."""
-        if options:
-            raise TypeError(f"realnvp sampling takes no options, got {', '.join(options)}")
-        z = torch.randn(n, self.dim, generator=generator, device=self.device, dtype=self.scale.dtype)
-        return self.inverse(z)[0]
+    def transforms(self) -> nn.ModuleList:
+        return self.couplings  # (the name the checkpoints of realnvp runs use)
