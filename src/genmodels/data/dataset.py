@@ -29,7 +29,8 @@ class Dataset:
     truth) and ``train`` (a finite tensor ``(n, d)``) is set. ``test`` is held-out data when
     the source has a split. ``levels`` marks integer data with that many levels, seen by the
     models uniformly dequantized as y = (x + u) / levels, u ~ U[0, 1)^d (benchmarks.md §4).
-    ``image_shape`` is ``(h, w)`` for images stored flattened.
+    ``image_shape`` is ``(h, w)`` or ``(h, w, c)`` for images stored flattened, channels last
+    (``genmodels.data.images``).
     """
 
     name: str
@@ -38,7 +39,7 @@ class Dataset:
     train: torch.Tensor | None = None
     test: torch.Tensor | None = None
     levels: int | None = None
-    image_shape: tuple[int, int] | None = None
+    image_shape: tuple[int, ...] | None = None
     source: str = field(default="")
 
     def batch(self, step: int, batch_size: int, seed: int, generator: torch.Generator) -> torch.Tensor:
@@ -94,10 +95,19 @@ def _mix(seed: int, k: int) -> int:
     return (z ^ (z >> 31)) & 0x7FFFFFFFFFFFFFFF
 
 
+#: the largest float32 below 1
+_BELOW_ONE = 1.0 - 2.0**-24
+
+
 def dequantize(x: torch.Tensor, levels: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Uniform dequantization y = (x + u) / levels, u ~ U[0, 1) (benchmarks.md §4)."""
+    """Uniform dequantization y = (x + u) / levels, u ~ U[0, 1) (benchmarks.md §4).
+
+    Computed in float64 and kept strictly below 1 in float32: (levels − 1 + u) / levels in
+    float32 rounds to exactly 1.0 for u within 2⁻²⁴ of 1, outside the stated support [0, 1).
+    """
     u = torch.rand(x.shape, generator=generator, dtype=torch.float32)
-    return (x.float() + u) / levels
+    y = ((x.double() + u.double()) / levels).float()
+    return y.clamp(max=_BELOW_ONE)
 
 
 def load_data(spec: str | Target | Dataset) -> Dataset:
@@ -122,7 +132,10 @@ def load_data(spec: str | Target | Dataset) -> Dataset:
     if path.suffix.lower() in {".npy", ".npz", ".csv"} or path.exists():
         return load_file(path)
     choices = ", ".join([*TARGETS, DIGITS])
-    raise DataError(f"unknown dataset {spec!r}: give a file (.npy, .npz, .csv) or one of: {choices}")
+    raise DataError(
+        f"unknown dataset {spec!r}: give a file (.npy, .npz, .csv, IDX), a folder of .png images, "
+        f"or one of: {choices}"
+    )
 
 
 def load_digits() -> Dataset:
@@ -144,15 +157,14 @@ def load_digits() -> Dataset:
 
 
 def load_file(path: str | Path) -> Dataset:
-    """Load ``(n, d)`` vectors or ``(n, h, w)`` images from ``.npy``, ``.npz`` or ``.csv``."""
+    """Load ``(n, d)`` vectors or ``(n, h, w[, c])`` images from ``.npy``, ``.npz`` or ``.csv``,
+    a folder of PNGs or an IDX file (``genmodels.data.images``; uint8 images get 256 levels)."""
+    from genmodels.data.images import dataset_from_array, is_image_source, load_images
+
     path = Path(path)
-    array = read_array(path)
-    image_shape: tuple[int, int] | None = None
-    if array.ndim == 3:
-        image_shape = (int(array.shape[1]), int(array.shape[2]))
-        array = array.reshape(array.shape[0], -1)
-    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-    return Dataset(name=path.stem, dim=int(x.shape[1]), train=x, image_shape=image_shape, source=str(path))
+    if is_image_source(path):
+        return load_images(path)
+    return dataset_from_array(read_array(path), name=path.stem, source=str(path))
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -219,13 +231,16 @@ def _read_csv(path: Path) -> np.ndarray:
 
 
 def validate_array(array: np.ndarray, where: str) -> np.ndarray:
-    """Check shape (n, d) or (n, h, w), a numeric dtype, n ≥ 1 and only finite values."""
+    """Check shape (n, d), (n, h, w) or (n, h, w, c), a numeric dtype, n ≥ 1 and only finite values."""
     if not isinstance(array, np.ndarray) or array.dtype == object:
         raise DataError(f"{where}: expected a numeric array, got {type(array).__name__}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise DataError(f"{where}: expected numbers, got dtype {array.dtype}")
-    if array.ndim not in (2, 3):
-        raise DataError(f"{where}: expected shape (n, d) or (n, h, w) images, got shape {tuple(array.shape)}")
+    if array.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{where}: expected shape (n, d) or (n, h, w) or (n, h, w, c) images, "
+            f"got shape {tuple(array.shape)}"
+        )
     if array.shape[0] == 0 or array[0].size == 0:
         raise DataError(f"{where}: the data is empty (shape {tuple(array.shape)})")
     finite = np.isfinite(array)
