@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
+from genmodels.models.coop import Coop
 from genmodels.models.diffusion import Diffusion
 from genmodels.models.ebm import EBM
 from genmodels.models.fm import FlowMatching
@@ -19,6 +20,7 @@ from genmodels.models.made import MADEModel
 from genmodels.models.maf import MAF
 from genmodels.models.nsf import NSF
 from genmodels.models.realnvp import RealNVP
+from genmodels.models.triangle import Triangle
 from genmodels.models.vae import VAE
 
 #: name → class; the CLI, the checkpoints and the tour read this table and nothing else.
@@ -33,6 +35,8 @@ FAMILIES: dict[str, type[Model]] = {
     MADEModel.family: MADEModel,
     GAN.family: GAN,
     WGANGP.family: WGANGP,
+    Triangle.family: Triangle,
+    Coop.family: Coop,
 }
 
 

@@ -1,0 +1,399 @@
+"""Cooperative learning (CoopNets): an energy-based model and a generator taught by its MCMC.
+
+Xie, Lu, Gao, Zhu & Wu, "Cooperative Training of Descriptor and Generator Networks", TPAMI
+2018 (arXiv:1609.09408), and "Cooperative Learning of Energy-Based Model and Latent Variable
+Model via MCMC Teaching", AAAI 2018. Two models of the same data learn together:
+
+- the **EBM** ("descriptor") π_α(u) = exp(f_α(u)) q(u) / Z(α), with f_α the negative energy
+  and q the Gaussian reference fitted to the data: exactly the library's
+  :class:`~genmodels.models.ebm.EBM` (its network, reference, quadrature / AIS log Z and
+  training-health logic are reused, not copied);
+- the **generator** u = g_θ(z) + σ ε, z ~ N(0, I_k), ε ~ N(0, I_d): a latent-variable model
+  (a non-linear factor analysis) with an MLP g_θ (``genmodels.nets.mlp``).
+
+One training step (:meth:`Coop.step`, Algorithm 1 of the TPAMI paper; the student drafts,
+the advisor revises, the student learns from the revision):
+
+1. **propose**: z_i ~ N(0, I_k), x̂_i = g_θ(z_i), i = 1..b;
+2. **revise** (the EBM's MCMC): ``langevin_steps`` Langevin steps on π_α started at x̂_i,
+   x ← x + (Δt/2) ∇ log π_α(x) + √Δt e (tutorial §4), give x̃_i. The kernels are those of
+   ``genmodels.samplers`` (unadjusted Langevin as in the paper, or MALA), run through
+   :meth:`EBM.run_chains`;
+3. **EBM update**: the maximum-likelihood learning gradient of tutorial §3,
+   L'(α) = E_data[∇_α f_α(x)] − E_π[∇_α f_α(x)], with the synthesized x̃ standing in for
+   draws of π_α. We minimise mean f(x̃) − mean f(x) (gradient −L'), the same loss as the
+   EBM family's ``method="mle"``; the chains start at the generator's proposals instead of
+   q or a persistent buffer ("modified contrastive divergence");
+4. **generator update, MCMC teaching**: regress g_θ onto the revised examples **with the
+   same latent z that produced them**, minimising (1/b) Σ ‖x̃_i − g_θ(z_i)‖² (the complete-
+   data log-likelihood of the generator, Σ ‖x̃_i − g_θ(z_i)‖² / (2σ²), up to the scale that
+   Adam ignores). z_i is known because the generator made x̂_i from it, so no inference is
+   needed: the generator absorbs the MCMC transition x̂ → x̃ and, at the fixed point, g(z)
+   itself lands where the Langevin revision would take it.
+
+   Optional (``infer_z=True``, Step G2 of the TPAMI algorithm): before the regression, revise
+   z too by ``z_steps`` Langevin steps on the generator's posterior
+   log p(z | x̃) = −½‖z‖² − ‖x̃ − g_θ(z)‖² / (2σ²) + const, started at z_i (the alternating
+   back-propagation inference), and regress onto x̃ with the revised z̃. Off by default, as in
+   the AAAI paper's MCMC teaching with the known z: on 8gaussians (800 steps, 64-wide nets,
+   one seed) it lowered the generator's grid KL 1.09 → 1.00 but raised the EBM's 0.51 → 0.73,
+   and it adds ``z_steps`` generator passes per step.
+
+Each step logs ``energy_gap`` = mean f(data) − mean f(x̃) (the EBM's learning signal; it
+oscillates around 0 when the EBM has caught up), ``revision_gain`` = mean f(x̃) − mean f(x̂)
+(how far uphill the EBM's MCMC moved the generator's proposals), ``revision_dist`` = mean
+‖x̃ − x̂‖, and ``g_loss`` = mean ‖x̃ − g(z)‖² (the generator's regression loss before its
+update), and the MCMC acceptance (1 for unadjusted Langevin) and gradient norm.
+
+Learning rates: both Adam optimisers follow the training loop's schedule; the generator's is
+multiplied by ``g_lr_ratio`` (the balance between the two learners).
+
+Density and samples:
+
+- ``log_prob`` is the **EBM's** log π_α (``model="ebm"``, the default and the family's
+  density): log Z by quadrature in 1-D and 2-D (kind ``exact`` up to the grid error), by AIS
+  otherwise (kind ``estimate``), exactly as the ``ebm`` family. ``model="generator"`` raises
+  :class:`NotSupportedError`: the generator's density ∫ N(u; g(z), σ²I) N(z; 0, I) dz needs
+  an inference model (cf. the divergence triangle, the ``triangle`` family) that CoopNets
+  does not have; score its samples by the counting KL instead
+  (``kl_to_truth(model, target, method="grid", samples=model.sample(n, refine_steps=0))``).
+- ``sample`` draws x̂ = g(z) (the generator's mean, as the papers display; σ ε is not added)
+  and, by default, revises them with the same Langevin revision as training
+  (``refine_steps=-1``): the cooperative sampler whose outputs the EBM was fitted against.
+  ``refine_steps=0`` gives the generator alone (one network pass). The generator learns the
+  conditional mean E[x̃ | z] of the revision, so the Langevin noise averages out of it and
+  alone it draws a sharper (thinner) distribution than the EBM's; the revision puts the
+  spread back, hence the default.
+
+The generator starts as the EBM's reference q (an affine skip A z + b set to q in
+:meth:`prepare`, plus an MLP with a zero output layer; :class:`Generator`): both models start
+at the same distribution. A generator started collapsed (a plain random MLP) stayed a blob
+that the EBM chased around the plane.
+
+Measured on 8gaussians (seed 0, one CPU core shared with other jobs; untrained: grid KL 1.44,
+EBM KL 1.42): the defaults for 1200 steps (60 s) gave the EBM (quadrature, exact) KL 0.45,
+revised samples grid KL 0.49 and the generator alone 1.60 (a thin ring); all three had found
+the ring but not yet resolved its eight modes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from genmodels.models.base import Model, ModelConfig, NotSupportedError, SampleConfig
+from genmodels.models.ebm import EBM, SNAPSHOT_EVERY, EBMConfig, _Frozen
+from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation
+from genmodels.samplers.langevin import Langevin
+from genmodels.types import LogDensity
+
+
+@dataclass
+class CoopConfig(ModelConfig):
+    """Options of cooperative learning (CoopNets)."""
+
+    latent_dim: int = 8
+    """dimension k of the generator's latent z ~ N(0, I_k)"""
+    g_hidden: int = 128
+    """width of the generator MLP"""
+    g_depth: int = 3
+    """hidden layers of the generator MLP"""
+    g_activation: Activation = "relu"
+    """nonlinearity of the generator"""
+    hidden: int = 128
+    """width of the EBM's MLP f"""
+    depth: int = 3
+    """hidden layers of the EBM's MLP f"""
+    activation: Activation = "silu"
+    """nonlinearity of the EBM (smooth, so that the score Langevin follows is continuous)"""
+    langevin_steps: int = 10
+    """Langevin steps of the EBM's revision x̂ → x̃ per training step (and when sampling)"""
+    step_size: float = 0.02
+    """Langevin step size Δt of the revision, in standardized units (noise √Δt per step;
+    mala adapts it toward acceptance 0.574, langevin keeps it)"""
+    kernel: Literal["langevin", "mala"] = "langevin"
+    """kernel of the revision: langevin (unadjusted, as in the paper) or mala"""
+    g_lr_ratio: float = 1.0
+    """the generator's learning rate divided by the EBM's (the training loop's lr)"""
+    infer_z: bool = False
+    """also revise z by Langevin on the generator's posterior p(z | x̃) before the regression
+    (Step G2 of the TPAMI algorithm); off: regress onto x̃ with the z that made x̂"""
+    z_steps: int = 10
+    """Langevin steps on p(z | x̃) (infer_z)"""
+    z_step_size: float = 0.01
+    """Langevin step size for z (infer_z)"""
+    sigma: float = 0.1
+    """σ of the generator u = g(z) + σε in standardized units: the noise scale of the
+    posterior p(z | x̃) (infer_z); samples are g(z) without noise"""
+    beta1: float = 0.5
+    """Adam β₁ of both optimisers"""
+    beta2: float = 0.999
+    """Adam β₂ of both optimisers"""
+    grid_size: int = 400
+    """cells per axis of the quadrature grid for the EBM's log Z in 1-D and 2-D"""
+
+
+@dataclass
+class CoopSampleConfig(SampleConfig):
+    """Options of ``sample`` for CoopNets."""
+
+    refine_steps: int = -1
+    """Langevin revision steps under the EBM applied to the generator's samples g(z):
+    -1 = as in training (``langevin_steps``), 0 = the generator alone"""
+
+
+class Coop(Model):
+    """CoopNets: an EBM and a generator trained together by MCMC teaching (module docstring)."""
+
+    family: ClassVar[str] = "coop"
+    Config: ClassVar[type[ModelConfig]] = CoopConfig
+    SampleConfig: ClassVar[type[SampleConfig]] = CoopSampleConfig
+    has_log_prob: ClassVar[bool] = True
+    train_defaults: ClassVar[dict[str, Any]] = {"steps": 3000, "lr": 2e-3, "batch_size": 256}
+    tour_steps: ClassVar[int] = 1000
+    config: CoopConfig
+
+    def __init__(self, dim: int, config: CoopConfig | None = None) -> None:
+        super().__init__(dim, config)
+        c = self.config
+        _validate(c)
+        ebm_config = EBMConfig(
+            method="mle",
+            chains="short-run",
+            kernel=c.kernel,
+            mcmc_steps=c.langevin_steps,
+            step_size=c.step_size,
+            hidden=c.hidden,
+            depth=c.depth,
+            activation=c.activation,
+            grid_size=c.grid_size,
+        )
+        #: the energy-based model π(u) ∝ exp(f(u)) q(u); it lives in this model's u-space
+        #: (its own shift and scale stay 0 and 1)
+        self.ebm = EBM(dim, ebm_config)
+        #: the generator's mean g_θ(z) = A z + b + MLP(z): an affine skip, set by :meth:`prepare`
+        #: to the EBM's reference q, plus an MLP whose output layer starts at zero
+        self.generator_net = Generator(dim, c)
+
+    # -- the two models -----------------------------------------------------------------
+    def f(self, u: torch.Tensor) -> torch.Tensor:
+        """The EBM's negative energy f(u), shape (n,)."""
+        return self.ebm.f(u)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) = −(f(u) + log q(u)) at data-space x, (n,): log p(x) = −E(x) − log Z − Σ log scale."""
+        return -self.ebm.unnormalized(self.normalize(x.to(self.scale.dtype)))
+
+    def latent(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n draws z ~ N(0, I_k)."""
+        return torch.randn(
+            n, self.config.latent_dim, generator=generator, device=self.device, dtype=self.scale.dtype
+        )
+
+    def revise(
+        self, x_hat: torch.Tensor, generator: torch.Generator, steps: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The EBM's MCMC revision: ``steps`` (default ``langevin_steps``) kernel steps on
+        π = exp(f) q from ``x_hat`` (n, d) with the current step size (:meth:`EBM.run_chains`).
+        Returns x̃ (n, d), each chain's acceptance (n,) and ‖∇ log π(x̃)‖ (n,)."""
+        steps = self.config.langevin_steps if steps is None else steps
+        return self.ebm.run_chains(x_hat, steps, generator)
+
+    def infer_latent(self, z: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``z_steps`` Langevin steps on log p(z | x) = −½‖z‖² − ‖x − g(z)‖²/(2σ²) + const from z."""
+        c = self.config
+        target = x.detach()
+
+        def log_posterior(zz: torch.Tensor) -> torch.Tensor:
+            resid = target - self.generator_net(zz)
+            return -0.5 * (zz**2).sum(-1) - 0.5 * (resid**2).sum(-1) / c.sigma**2
+
+        kernel = Langevin(step_size=c.z_step_size)
+        with _Frozen(self.generator_net):
+            state = kernel.init(z.detach(), log_posterior)
+            for _ in range(c.z_steps):
+                state, _ = kernel.step(state, generator)
+        return state.position.detach()
+
+    # -- optimisation -------------------------------------------------------------------
+    def prepare(self, x: torch.Tensor, generator: torch.Generator, progress: bool = False) -> None:
+        """Fit the EBM's reference q and quadrature box to the (standardized) data."""
+        self.ebm.prepare(self.normalize(x.to(self.shift.dtype)), generator, progress)
+        self.generator_net.start_at(self.ebm.ref_mean, self.ebm.ref_chol)
+
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.config.beta1, self.config.beta2)
+        self._optimizers = {
+            "ebm": torch.optim.Adam(self.ebm.parameters(), lr=lr, betas=betas),
+            "generator": torch.optim.Adam(self.generator_net.parameters(), lr=lr, betas=betas),
+        }
+        return self._optimizers
+
+    def step(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        """One CoopNets step on a data-space batch: propose, revise, update the EBM, teach the
+        generator (module docstring). The EBM's health logic (:class:`EBM`) restores its last
+        good state and halves both learning rates and the step size on divergence."""
+        if not bool(self.ebm.prepared):
+            raise RuntimeError("call prepare(data_sample, generator) first (the training loop does)")
+        g = _generator(generator, self.device)
+        c = self.config
+        ebm, opt_e, opt_g = self.ebm, self.optimizers["ebm"], self.optimizers["generator"]
+        if ebm._snapshot is None:
+            ebm._take_snapshot(opt_e)
+        u = self.normalize(batch)
+        b = u.shape[0]
+
+        # 1. propose, 2. revise by the EBM's MCMC
+        z = self.latent(b, g)
+        with torch.no_grad():
+            x_hat = self.generator_net(z)
+        eps = ebm.mcmc_step_size.to(u.dtype)
+        x_tilde, acc, grad = self.revise(x_hat, g)
+        ebm.mcmc_step_size.copy_(ebm._adapted(eps, acc.mean()))  # mala: toward acceptance 0.574
+
+        # 3. the EBM: minimise mean f(x̃) − mean f(x), gradient −(E_data ∇f − E_x̃ ∇f)
+        f_data, f_tilde = self.f(u), self.f(x_tilde)
+        e_loss = f_tilde.mean() - f_data.mean()
+        with torch.no_grad():
+            f_hat = self.f(x_hat).mean()
+        logs = {
+            "loss": float(e_loss.detach()),
+            "energy_gap": float(f_data.mean().detach() - f_tilde.mean().detach()),
+            "revision_gain": float(f_tilde.mean().detach() - f_hat),
+            "revision_dist": float((x_tilde - x_hat).norm(dim=-1).mean()),
+            "accept": float(acc.mean()),
+            "chain_grad": float(grad.mean()),
+            "mcmc_step": float(eps),
+        }
+        if not ebm._healthy(logs):
+            return ebm._recover(opt_e, logs)
+        opt_e.zero_grad(set_to_none=True)
+        e_loss.backward()
+        _step_scaled(opt_e, float(ebm.lr_factor))
+
+        # 4. MCMC teaching: regress g(z) onto x̃ with the same z (or the revised z̃)
+        z_fit = self.infer_latent(z, x_tilde, g) if c.infer_z else z
+        opt_g.zero_grad(set_to_none=True)
+        g_loss = ((x_tilde - self.generator_net(z_fit)) ** 2).sum(-1).mean()
+        if not math.isfinite(float(g_loss.detach())):
+            from genmodels.train import TrainingDiverged
+
+            raise TrainingDiverged(f"coop generator loss is {float(g_loss)}; try a lower --lr")
+        g_loss.backward()
+        _step_scaled(opt_g, c.g_lr_ratio * float(ebm.lr_factor))
+        logs["g_loss"] = float(g_loss.detach())
+
+        if not all(bool(torch.isfinite(p).all()) for p in ebm.parameters()):
+            return ebm._recover(opt_e, logs)
+        ebm._healthy_steps += 1
+        if ebm._healthy_steps % SNAPSHOT_EVERY == 0:
+            ebm._take_snapshot(opt_e)
+        ebm._last_logs = logs
+        return logs
+
+    # -- the generative side --------------------------------------------------------------
+    def _sample(self, n: int, *, generator: torch.Generator | None, refine_steps: int = -1) -> torch.Tensor:
+        """x̂ = g(z), z ~ N(0, I_k), then ``refine_steps`` revision steps under the EBM
+        (-1: ``langevin_steps``, as in training; 0: the generator alone)."""
+        if refine_steps < -1:
+            raise ValueError(f"refine_steps must be >= 0, or -1 for langevin_steps; got {refine_steps}")
+        g = _generator(generator, self.device)
+        x_hat = self.generator_net(self.latent(n, g))
+        steps = self.config.langevin_steps if refine_steps == -1 else refine_steps
+        if steps == 0:
+            return x_hat
+        return self.revise(x_hat, g, steps)[0]
+
+    def _log_prob(self, u: torch.Tensor, model: str = "ebm") -> LogDensity:
+        """log π(u) of the EBM (``model="ebm"``): quadrature log Z in ≤ 2-D (exact), AIS
+        otherwise (estimate). ``model="generator"`` has no density here (NotSupportedError)."""
+        if model == "generator":
+            raise NotSupportedError(
+                "coop: the generator u = g(z) + σε has no tractable log-density and CoopNets has no "
+                "inference model to estimate it; use model='ebm' (the default) for the EBM's density, "
+                "or score the generator's samples (sample(n, refine_steps=0)) with "
+                "kl_to_truth(..., method='grid')"
+            )
+        if model != "ebm":
+            raise ValueError(f"unknown model {model!r}; choose one of: ebm, generator")
+        return self.ebm._log_prob(u)
+
+    def log_partition(
+        self, method: Literal["auto", "grid", "ais"] = "auto", **options: Any
+    ) -> dict[str, Any]:
+        """log Z of the EBM in standardized coordinates (see :meth:`EBM.log_partition`)."""
+        return self.ebm.log_partition(method, **options)
+
+
+class Generator(nn.Module):
+    """g(z) = A z + b + MLP(z). :meth:`start_at` sets the affine part to the EBM's Gaussian
+    reference q = N(m, LLᵀ) (A = [L, 0] on the first d latent coordinates, b = m) and the
+    MLP's output layer starts at zero, so the untrained generator draws from q, the untrained
+    EBM's density: both models start at the same distribution, and the generator's proposals
+    cover the data's extent from the first step (a generator that starts collapsed spreads only
+    as fast as the EBM's drift field diverges, since it learns E[x̃ | z] and the Langevin noise
+    averages out)."""
+
+    def __init__(self, dim: int, c: CoopConfig) -> None:
+        super().__init__()
+        self.skip = nn.Linear(c.latent_dim, dim)
+        self.net = MLP(c.latent_dim, dim, c.g_hidden, c.g_depth, c.g_activation, zero_last=True)
+
+    @torch.no_grad()
+    def start_at(self, mean: torch.Tensor, chol: torch.Tensor) -> None:
+        """A = [L, 0] (the first min(k, d) latent coordinates), b = m."""
+        k = min(self.skip.in_features, chol.shape[0])
+        self.skip.weight.zero_()
+        self.skip.weight[:, :k] = chol[:, :k].to(self.skip.weight.dtype)
+        self.skip.bias.copy_(mean.to(self.skip.bias.dtype))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.skip(z) + self.net(z)
+
+
+def _step_scaled(opt: torch.optim.Optimizer, factor: float) -> None:
+    """``opt.step()`` with every group's learning rate multiplied by ``factor`` for this step
+    only (the training loop sets the scheduled rate before each step; restoring it keeps
+    repeated calls outside the loop from compounding the factor)."""
+    saved = [group["lr"] for group in opt.param_groups]
+    for group in opt.param_groups:
+        group["lr"] *= factor
+    opt.step()
+    for group, lr in zip(opt.param_groups, saved, strict=True):
+        group["lr"] = lr
+
+
+def _generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator:
+    """The samplers draw from an explicit generator: ``generator``, or one seeded from the
+    global RNG when none is given."""
+    if generator is not None:
+        return generator
+    seed = int(torch.randint(2**62, ()))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def _validate(c: CoopConfig) -> None:
+    acts = ", ".join(_ACTIVATIONS)
+    checks = [
+        (c.latent_dim >= 1, f"latent_dim must be >= 1, got {c.latent_dim}"),
+        (c.g_hidden >= 1 and c.g_depth >= 0, "g_hidden must be >= 1 and g_depth >= 0"),
+        (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
+        (c.g_activation in _ACTIVATIONS, f"unknown g_activation {c.g_activation!r}; choose one of: {acts}"),
+        (c.activation in _ACTIVATIONS, f"unknown activation {c.activation!r}; choose one of: {acts}"),
+        (c.langevin_steps >= 1, f"langevin_steps must be >= 1, got {c.langevin_steps}"),
+        (c.step_size > 0, f"step_size must be positive, got {c.step_size}"),
+        (c.kernel in ("langevin", "mala"), f"unknown kernel {c.kernel!r}; choose one of: langevin, mala"),
+        (c.g_lr_ratio > 0, f"g_lr_ratio must be positive, got {c.g_lr_ratio}"),
+        (c.z_steps >= 1, f"z_steps must be >= 1, got {c.z_steps}"),
+        (c.z_step_size > 0, f"z_step_size must be positive, got {c.z_step_size}"),
+        (c.sigma > 0, f"sigma must be positive, got {c.sigma}"),
+        (0.0 <= c.beta1 < 1.0 and 0.0 <= c.beta2 < 1.0, "beta1 and beta2 must be in [0, 1)"),
+        (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)

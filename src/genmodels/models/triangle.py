@@ -1,0 +1,456 @@
+"""Divergence triangle: a generator, an energy-based model and an inference model trained jointly.
+
+Han, Nijkamp, Fang, Hill, Zhu & Wu, "Divergence Triangle for Joint Training of Generator
+Model, Energy-based Model, and Inferential Model", CVPR 2019 (arXiv:1812.10907, §3);
+the tutorial's first reference (``shared/tutorial.md`` §8, item 1). Three models, three joint
+distributions over (x, z):
+
+    Q(x, z) = q_data(x) q_φ(z|x)     the data with the inference model (encoder),
+    P(x, z) = p(z) p_θ(x|z)          the generator: z ~ N(0, I), x = g_θ(z) + σ ε,
+    Π(x, z) = π_α(x) q_φ(z|x)        the energy-based model with the same inference model,
+
+and one objective, minimised over the generator θ and the inference model φ and maximised
+over the energy α:
+
+    Δ(θ, α, φ) = KL(Q‖P) + KL(P‖Π) − KL(Q‖Π).
+
+Its three sides, each a method here (per-sample Monte-Carlo terms, standardized coordinates
+u; KLs are invariant under the affine standardization, the constants are not):
+
+- **KL(Q‖P)**, the VAE side (:meth:`Triangle.vae_terms`): KL(Q‖P) = −H(q_data) − E_data ELBO(x),
+  so minimising it over (θ, φ) is maximising the ELBO; it covers the data's modes ("wake").
+- **KL(P‖Π)**, the mode-chasing side (:meth:`Triangle.mode_chasing_terms`): with (z, x) ~ P,
+
+      KL(P‖Π) = E_P[log p(z) + log p_θ(x|z) − log q_φ(z|x) − log π̃_α(x)] + log Z(α),
+
+  π̃ the unnormalized EBM density. The generator moves its samples up the EBM's log-density
+  (like a GAN's generator following its critic) while −E_P log q_φ(z|x) keeps it from
+  collapsing: it bounds the generator's intractable entropy, −H(p_θ(x)) ≤ E_P[log p(z) +
+  log p_θ(x|z) − log q_φ(z|x)], with equality when q_φ is the generator's posterior. For φ this
+  term is the "sleep" phase of wake–sleep: the encoder learns to invert synthesized pairs.
+- **KL(Q‖Π)**, the EBM's data side (:meth:`Triangle.data_energy_terms`): the q_φ factors
+  cancel, KL(Q‖Π) = KL(q_data‖π_α) = −H(q_data) − E_data log π̃_α(x) + log Z(α).
+
+For α only KL(P‖Π) − KL(Q‖Π) matters; log Z cancels and it is
+E_data log π̃_α − E_{p_θ} log π̃_α + const: maximising it is contrastive divergence with the
+generator as the sampler (the tutorial's CD, §3 with its [C] correction, with p_θ in place of
+the MCMC-evolved p_θt), gradient E_data[∇f_α] − E_{p_θ}[∇f_α] with no MCMC at all
+(:meth:`Triangle.ebm_loss`). Summing the three sides, H(q_data) and log Z cancel, so Δ
+itself is estimated without either (logged as ``delta``).
+
+**The parts come from the library.** The generator and inference model are the VAE family's
+Gaussian decoder and encoder (:class:`~genmodels.models.vae.VAE`, a submodule ``vae``; its
+ELBO, its importance-weighted bound and its sampler). The energy-based model is the EBM
+family's (:class:`~genmodels.models.ebm.EBM`, a submodule ``ebm``): π̃_α(u) = exp(f_α(u)) q(u)
+with q a Gaussian fitted to the data in :meth:`prepare` and f_α an MLP whose output layer
+starts at zero (so π starts at q). The reference q is a re-parametrisation of the paper's
+π_α = exp(f_α)/Z: it does not change any gradient above, it keeps Z finite, and it gives the
+quadrature box. Its log Z comes from the EBM's quadrature in 1-D and 2-D (exact up to the
+reported grid error) and from AIS otherwise (an estimate).
+
+**One training step** (:meth:`Triangle.step`) draws a batch of (z, x̃) ~ P by
+reparameterisation, then (1) takes an Adam step of α on E_P f_α(x̃) − E_data f_α(x) (max Δ),
+plus by default the energy penalty λ(E f(x)² + E f(x̃)²) of Du & Mordatch 2019 (``energy_reg``:
+without it the game, linear in f, ran away in short runs; the option's docstring gives its
+cost), and (2) an Adam step of θ and φ on KL(Q‖P) + KL(P‖Π) (min Δ, minus constants). Each
+has its own optimiser (``ebm``, ``generator``, ``inference``) and learning-rate multiplier.
+The generator's noise σ is fixed (``decoder_std``), as in the paper.
+
+**Measured** (8gaussians, defaults, seed 0, 2000 steps, cosine schedule, ≈ 65 s on a shared
+CPU core): the EBM's KL to the truth (quadrature, exact) fell from 1.41 nats (the fitted
+Gaussian it starts as) to 0.43 ± 0.01, where it had already been at 600 steps (the energy
+penalty's bias, see ``energy_reg``); the generator's counting KL (50 × 50 grid, 20 000 draws;
+null bias 0.06) fell from 4.6 to 0.60, its IWAE-bound KL (k = 100) to ≤ 0.55.
+
+**Densities.** ``log_prob(x)`` (no options) is the EBM's, log π_α(x), kind "exact" in 2-D
+(quadrature) and "estimate" (AIS) otherwise: the better defined of the two, since the
+generator's marginal p_θ(x) = ∫ p(z) p_θ(x|z) dz has only bounds. ``model="generator"`` gives
+the generator's importance-weighted lower bound from the inference model (Burda et al. 2016),
+kind "lower_bound". ``sample`` draws from the generator, optionally refined by Langevin/MALA
+steps on the EBM (``refine_steps``).
+
+Provenance: the objective and the three models are as in ``shared/tutorial.md`` §8 item 1 (the
+paper's §3 body was not reachable through the search tools, only its abstract); the
+decompositions above are derived here and checked against closed forms on a linear-Gaussian
+triangle in ``tests/test_triangle.py``.
+
+Not in this implementation: the paper's image architectures and its extensions (learning
+from incomplete data).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+
+from genmodels.models.base import Model, ModelConfig, SampleConfig
+from genmodels.models.ebm import EBM, EBMConfig
+from genmodels.models.vae import (
+    _LOG_2PI,
+    LOG_STD_BOUND,
+    VAE,
+    VAEConfig,
+    _gaussian_log_prob,
+    _randn,
+    _soft_clamp,
+)
+from genmodels.nets.mlp import _ACTIVATIONS, Activation
+from genmodels.samplers.langevin import MALA, Langevin
+from genmodels.types import LogDensity
+
+
+@dataclass
+class TriangleConfig(ModelConfig):
+    """Options of the divergence-triangle family."""
+
+    latent_dim: int = 0
+    """dimension of z; 0: the data's dimension (as for the VAE)"""
+    hidden: int = 128
+    """width of the generator (decoder) and inference (encoder) MLPs"""
+    depth: int = 3
+    """hidden layers of the generator and of the inference model (0: linear maps)"""
+    activation: Activation = "silu"
+    """nonlinearity of all three networks"""
+    ebm_hidden: int = 128
+    """width of the energy network f_α"""
+    ebm_depth: int = 3
+    """hidden layers of the energy network f_α"""
+    decoder_std: float = 0.15
+    """σ of the generator's noise x = g_θ(z) + σ ε in standardized units, fixed as in the paper;
+    0: learned, one per data dimension. On 8gaussians (1000 steps) a learned σ collapsed the
+    posterior (σ → 1, the VAE's one-Gaussian optimum; generator counting KL 1.47) where σ = 0.15
+    reached 0.67; 0.1 reached 0.77"""
+    ebm_lr_mult: float = 1.0
+    """learning rate of the energy network α, as a multiple of the training loop's"""
+    generator_lr_mult: float = 1.0
+    """learning rate of the generator θ, as a multiple of the training loop's"""
+    inference_lr_mult: float = 1.0
+    """learning rate of the inference model φ, as a multiple of the training loop's"""
+    beta1: float = 0.5
+    """Adam β₁ of the three optimisers (0.5, the usual choice for adversarial games)"""
+    energy_reg: float = 0.1
+    """weight λ of the penalty λ·(mean f(x)² + mean f(x̃)²) on the EBM step (Du & Mordatch
+    2019); 0: the paper's objective alone. Without it the EBM, linear in f, ran away on
+    8gaussians (energy gap in the thousands, EBM KL 5–100 nats after 600 steps) while the
+    generator lagged behind. The penalty has a cost: the α-step's optimum is then
+    f = (q_data − p_θ)/(2λ(q_data + p_θ)), which tends to 0 (π → the reference q) as the
+    generator fits the data, so it bounds how far π improves; 0.03 gave EBM KL 0.71, 0.1 gave
+    0.42 (1000 steps)"""
+    gap_reg: float = 0.0
+    """weight γ of the penalty γ·(mean f(x) − mean f(x̃))² on the EBM step (as the EBM family's
+    ``gap_reg``): zero in expectation once the generator fits, it caps how fast the energy
+    runs away from a generator that lags behind"""
+    grid_size: int = 400
+    """cells per axis of the EBM's quadrature grid for log Z in 1-D and 2-D"""
+
+
+@dataclass
+class TriangleSampleConfig(SampleConfig):
+    """Options of ``sample`` for the divergence triangle."""
+
+    refine_steps: int = 0
+    """Langevin (or MALA) steps on the EBM π_α started at the generator's draws; 0: the
+    generator's draws themselves"""
+    step_size: float = 0.001
+    """step size Δt of the refining kernel (standardized units)"""
+    kernel: Literal["langevin", "mala"] = "langevin"
+    """the refining kernel: unadjusted Langevin (tutorial §4) or MALA"""
+    mean: bool = False
+    """start from the decoder mean g_θ(z) instead of a draw g_θ(z) + σ ε"""
+
+
+class Triangle(Model):
+    """Generator + EBM + inference model trained on the divergence triangle (module docstring)."""
+
+    family: ClassVar[str] = "triangle"
+    Config: ClassVar[type[ModelConfig]] = TriangleConfig
+    SampleConfig: ClassVar[type[SampleConfig]] = TriangleSampleConfig
+    has_log_prob: ClassVar[bool] = True
+    #: the KLs on 8gaussians stop improving by ~1000–1500 steps at these settings (module docstring)
+    train_defaults: ClassVar[dict[str, Any]] = {"steps": 3000, "lr": 1e-3, "batch_size": 256}
+    tour_steps: ClassVar[int] = 800
+    config: TriangleConfig
+
+    def __init__(self, dim: int, config: TriangleConfig | None = None) -> None:
+        super().__init__(dim, config)
+        c = self.config
+        _validate(c)
+        #: generator p_θ(x|z) (the decoder) and inference model q_φ(z|x) (the encoder)
+        self.vae = VAE(
+            dim,
+            VAEConfig(
+                latent_dim=c.latent_dim,
+                hidden=c.hidden,
+                depth=c.depth,
+                activation=c.activation,
+                kl_warmup=0,
+                decoder_variance="per_dimension",
+            ),
+        )
+        if c.decoder_std > 0:  # fixed σ: store the raw value whose soft clamp is log σ
+            raw = LOG_STD_BOUND * math.atanh(math.log(c.decoder_std) / LOG_STD_BOUND)
+            with torch.no_grad():
+                self.vae.decoder_log_std.fill_(raw)
+            self.vae.decoder_log_std.requires_grad_(False)
+        #: the energy-based model π_α(u) ∝ exp(f_α(u)) q(u), learned here by the triangle
+        self.ebm = EBM(
+            dim,
+            EBMConfig(
+                method="cd",
+                hidden=c.ebm_hidden,
+                depth=c.ebm_depth,
+                activation=c.activation,
+                grid_size=c.grid_size,
+            ),
+        )
+        self.latent_dim = self.vae.latent_dim
+        self._lr_set: dict[str, float] = {}
+
+    # -- the three models --------------------------------------------------------------
+    def generate(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(z, x̃) ~ P by reparameterisation: z ~ N(0, I), x̃ = g_θ(z) + σ ε; each (n, ·), u-space."""
+        like = self.shift
+        z = _randn((n, self.latent_dim), generator, like)
+        mu, log_sigma = self.vae.decode(z)
+        return z, mu + torch.exp(log_sigma) * _randn(tuple(mu.shape), generator, like)
+
+    def log_pi_tilde(self, u: torch.Tensor) -> torch.Tensor:
+        """log π̃_α(u) = f_α(u) + log q(u), the EBM's unnormalized log-density, (n,)."""
+        return self.ebm.unnormalized(u)
+
+    def energy(self, x: torch.Tensor) -> torch.Tensor:
+        """E(x) = −log π̃_α(u) at data-space x: log π_α(x) = −E(x) − log Z − Σ_j log scale_j."""
+        return -self.log_pi_tilde(self.normalize(x.to(self.scale.dtype)))
+
+    def log_partition(self, **options: Any) -> dict[str, Any]:
+        """log Z of π̃_α in u-space with its error and kind (:meth:`EBM.log_partition`)."""
+        return self.ebm.log_partition(**options)
+
+    # -- the three sides of the triangle ----------------------------------------------
+    def vae_terms(self, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """−ELBO(u) per data point (n,), one reparameterised draw of q_φ(z|u), KL exact:
+        its mean over the data is KL(Q‖P) + H(q_data)."""
+        m, log_s = self.vae.encode(u)
+        z = m + torch.exp(log_s) * _randn(tuple(m.shape), generator, m)
+        mu, log_sigma = self.vae.decode(z)
+        kl = 0.5 * (m**2 + torch.exp(2 * log_s) - 1 - 2 * log_s).sum(-1)
+        return kl - _gaussian_log_prob(u, mu, log_sigma)
+
+    def mode_chasing_terms(self, z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(z) + log p_θ(x|z) − log q_φ(z|x) − log π̃_α(x) per pair (z, x) ~ P, (n,): its
+        mean is KL(P‖Π) − log Z(α). Differentiable in θ through x = g_θ(z) + σ ε."""
+        mu, log_sigma = self.vae.decode(z)
+        m, log_s = self.vae.encode(x)
+        log_prior = -0.5 * (z**2).sum(-1) - 0.5 * self.latent_dim * _LOG_2PI
+        return (
+            log_prior
+            + _gaussian_log_prob(x, mu, log_sigma)
+            - _gaussian_log_prob(z, m, log_s)
+            - self.log_pi_tilde(x)
+        )
+
+    def data_energy_terms(self, u: torch.Tensor) -> torch.Tensor:
+        """−log π̃_α(u) per data point (n,): its mean is KL(Q‖Π) + H(q_data) − log Z(α)."""
+        return -self.log_pi_tilde(u)
+
+    def ebm_loss(self, u: torch.Tensor, x_gen: torch.Tensor) -> torch.Tensor:
+        """mean f_α(x̃) − mean f_α(u) (+ the optional energy and gap penalties), minimised over α: the α part
+        of −Δ, contrastive divergence with the generator's draws x̃ as negative samples."""
+        f_data, f_gen = self.ebm.f(u), self.ebm.f(x_gen.detach())
+        loss = f_gen.mean() - f_data.mean()
+        if self.config.energy_reg > 0:
+            loss = loss + self.config.energy_reg * ((f_data**2).mean() + (f_gen**2).mean())
+        if self.config.gap_reg > 0:
+            loss = loss + self.config.gap_reg * (f_data.mean() - f_gen.mean()) ** 2
+        return loss
+
+    def objective(self, u: torch.Tensor, generator: torch.Generator | None, n: int | None = None) -> dict:
+        """The three sides on the data batch ``u`` and ``n`` (default len(u)) fresh (z, x̃) ~ P,
+        per sample (u-space nats), and Δ:
+
+        - ``kl_qp``: −ELBO(u), mean = KL(Q‖P) + H(q_data);
+        - ``kl_p_pi``: mode-chasing terms, mean = KL(P‖Π) − log Z;
+        - ``kl_q_pi``: −log π̃(u), mean = KL(Q‖Π) + H(q_data) − log Z;
+        - ``delta``: mean kl_qp + mean kl_p_pi − mean kl_q_pi = Δ (the constants cancel), a
+          scalar.
+        """
+        z, x = self.generate(u.shape[0] if n is None else n, generator)
+        out = {
+            "kl_qp": self.vae_terms(u, generator),
+            "kl_p_pi": self.mode_chasing_terms(z, x),
+            "kl_q_pi": self.data_energy_terms(u),
+        }
+        out["delta"] = out["kl_qp"].mean() + out["kl_p_pi"].mean() - out["kl_q_pi"].mean()
+        return out
+
+    # -- optimisation -----------------------------------------------------------------
+    def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
+        betas = (self.config.beta1, 0.999)
+        groups = {
+            "ebm": self.ebm.parameters(),
+            "generator": self.vae.decoder.parameters(),
+            "inference": self.vae.encoder.parameters(),
+        }
+        self._optimizers = {}
+        for name, params in groups.items():
+            params = [p for p in params if p.requires_grad]
+            if name == "generator" and self.vae.decoder_log_std.requires_grad:
+                params.append(self.vae.decoder_log_std)
+            self._optimizers[name] = torch.optim.Adam(params, lr=lr * self._mult(name), betas=betas)
+        self._lr_set = {name: lr * self._mult(name) for name in groups}
+        return self._optimizers
+
+    def _mult(self, name: str) -> float:
+        return getattr(self.config, f"{name}_lr_mult")
+
+    def _apply_lr_mults(self) -> None:
+        """The training loop sets every group's lr to its schedule before each step; scale it by
+        the model's multiplier (once: a value this method set is left alone)."""
+        for name, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                if group["lr"] != self._lr_set.get(name):
+                    group["lr"] = group["lr"] * self._mult(name)
+                    self._lr_set[name] = group["lr"]
+
+    def prepare(self, x: torch.Tensor, generator: torch.Generator, progress: bool = False) -> None:
+        """Fit the EBM's reference Gaussian q and its quadrature box to the (standardized) data."""
+        self.ebm.prepare(self.normalize(x.to(self.shift.dtype)), generator, progress)
+
+    def step(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        """One step of each player on a data batch: α up Δ, then (θ, φ) down Δ (module docstring).
+
+        Logs ``delta`` (Δ estimated on the batch), ``kl_qp`` (−ELBO), ``kl_p_pi`` (KL(P‖Π) − log Z),
+        ``kl_q_pi`` (−E_data log π̃), ``ebm_loss``, ``energy_gap`` (mean f(data) − mean f(x̃)) and
+        ``decoder_std`` (the mean σ); ``loss`` is the (θ, φ) loss kl_qp + kl_p_pi.
+        """
+        self._apply_lr_mults()
+        opts = self.optimizers
+        u = self.normalize(batch)
+        z, x_gen = self.generate(u.shape[0], generator)
+        # (1) α: maximise Δ, i.e. minimise E_P f − E_data f
+        opts["ebm"].zero_grad(set_to_none=True)
+        ebm_loss = self.ebm_loss(u, x_gen)
+        _check(ebm_loss, "ebm")
+        ebm_loss.backward()
+        opts["ebm"].step()
+        # (2) θ, φ: minimise KL(Q‖P) + KL(P‖Π) with the energy held fixed
+        opts["generator"].zero_grad(set_to_none=True)
+        opts["inference"].zero_grad(set_to_none=True)
+        frozen = [p for p in self.ebm.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        try:
+            kl_qp = self.vae_terms(u, generator).mean()
+            kl_p_pi = self.mode_chasing_terms(z, x_gen).mean()
+            with torch.no_grad():
+                kl_q_pi = self.data_energy_terms(u).mean()
+                f_data, f_gen = self.ebm.f(u).mean(), self.ebm.f(x_gen).mean()
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
+        loss = kl_qp + kl_p_pi
+        _check(loss, "generator and inference")
+        loss.backward()
+        opts["generator"].step()
+        opts["inference"].step()
+        return {
+            "loss": float(loss.detach()),
+            "delta": float((kl_qp + kl_p_pi - kl_q_pi).detach()),
+            "kl_qp": float(kl_qp.detach()),
+            "kl_p_pi": float(kl_p_pi.detach()),
+            "kl_q_pi": float(kl_q_pi),
+            "ebm_loss": float(ebm_loss.detach()),
+            "energy_gap": float(f_data - f_gen),
+            "decoder_std": float(torch.exp(_soft_clamp(self.vae.decoder_log_std.detach())).mean()),
+        }
+
+    # -- sampling and densities ---------------------------------------------------------
+    def _sample(
+        self,
+        n: int,
+        *,
+        generator: torch.Generator | None,
+        refine_steps: int = 0,
+        step_size: float = 0.001,
+        kernel: str = "langevin",
+        mean: bool = False,
+    ) -> torch.Tensor:
+        """The generator's draws (z ~ N(0, I), u = g_θ(z) + σ ε, or g_θ(z) with ``mean``), then
+        ``refine_steps`` steps of ``kernel`` on the EBM's π̃_α (Langevin: x ← x + (Δt/2)∇log π̃ +
+        √Δt e, tutorial §4; MALA adds the Metropolis test)."""
+        if refine_steps < 0:
+            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        if kernel not in ("langevin", "mala"):
+            raise ValueError(f"unknown kernel {kernel!r}; choose one of: langevin, mala")
+        if not step_size > 0:
+            raise ValueError(f"step_size must be positive, got {step_size}")
+        u = self.vae._sample(n, generator=generator, mean=mean)
+        if refine_steps == 0:
+            return u
+        if generator is None:  # the kernels draw only from an explicit generator
+            seed = int(torch.randint(2**62, ()))
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        k = Langevin(step_size=step_size) if kernel == "langevin" else MALA(step_size=step_size)
+        with torch.enable_grad():
+            state = k.init(u, self.log_pi_tilde)
+            for _ in range(refine_steps):
+                state, _ = k.step(state, generator)
+        return state.position.detach()
+
+    @torch.no_grad()
+    def _log_prob(
+        self,
+        u: torch.Tensor,
+        model: Literal["ebm", "generator"] = "ebm",
+        method: Literal["iwae", "elbo"] = "iwae",
+        k: int = 100,
+        seed: int = 0,
+    ) -> LogDensity:
+        """``model="ebm"`` (default): log π_α(u) = log π̃_α(u) − log Z, kind "exact" in 1-D/2-D
+        (quadrature), "estimate" otherwise (AIS). ``model="generator"``: a lower bound on
+        log p_θ(u) from k draws of the inference model, ``method`` iwae (L_k) or elbo
+        (:meth:`VAE._log_prob`), kind "lower_bound"."""
+        if model == "ebm":
+            return self.ebm._log_prob(u)
+        if model == "generator":
+            return self.vae._log_prob(u, method=method, k=k, seed=seed)
+        raise ValueError(f"unknown model {model!r}; choose one of: ebm, generator")
+
+
+def _check(loss: torch.Tensor, who: str) -> None:
+    if not bool(torch.isfinite(loss)):
+        from genmodels.train import TrainingDiverged
+
+        raise TrainingDiverged(f"triangle: the {who} loss became {float(loss)}; try a lower --lr")
+
+
+def _validate(c: TriangleConfig) -> None:
+    checks = [
+        (c.latent_dim >= 0, f"latent_dim must be >= 0 (0: the data's dimension), got {c.latent_dim}"),
+        (c.hidden >= 1, f"hidden must be >= 1, got {c.hidden}"),
+        (c.depth >= 0, f"depth must be >= 0, got {c.depth}"),
+        (c.ebm_hidden >= 1 and c.ebm_depth >= 1, "ebm_hidden and ebm_depth must be >= 1"),
+        (
+            c.activation in _ACTIVATIONS,
+            f"unknown activation {c.activation!r}; choose one of: {', '.join(_ACTIVATIONS)}",
+        ),
+        (
+            c.decoder_std == 0 or abs(math.log(c.decoder_std)) < LOG_STD_BOUND
+            if c.decoder_std >= 0
+            else False,
+            f"decoder_std must be 0 (learned) or in (e^-7, e^7), got {c.decoder_std}",
+        ),
+        (0.0 <= c.beta1 < 1.0, f"beta1 must be in [0, 1), got {c.beta1}"),
+        (c.energy_reg >= 0, f"energy_reg must be >= 0, got {c.energy_reg}"),
+        (c.gap_reg >= 0, f"gap_reg must be >= 0, got {c.gap_reg}"),
+        (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+    ]
+    for name in ("ebm_lr_mult", "generator_lr_mult", "inference_lr_mult"):
+        v = getattr(c, name)
+        checks.append((v > 0 and math.isfinite(v), f"{name} must be a positive number, got {v}"))
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
