@@ -6,6 +6,11 @@ and a model generator, both seeded from ``seed`` and saved in every checkpoint),
 learning-rate schedule (a pure function of the step), and the checkpoints. So a run that
 is interrupted and resumed ends with the same weights as one that never stopped (on CPU,
 bit for bit).
+
+Under ``torchrun --nproc_per_node N`` the same loop trains with PyTorch's
+DistributedDataParallel: each rank takes its slice of the same global batch, gradients are
+averaged, rank 0 alone writes checkpoints and logs and evaluates (see
+:mod:`genmodels.distributed` for what equals a single-process run, and why).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from genmodels import checkpoint as ckpt
+from genmodels import distributed as ddp
 from genmodels.data import Dataset, load_data
 from genmodels.distributions import Target
 from genmodels.models import Model, build_model, get_family, make_config
@@ -37,7 +43,7 @@ class TrainConfig:
     steps: int = 5000
     """optimisation steps in all (a family may set its own default)"""
     batch_size: int = 256
-    """examples per step"""
+    """examples per step (the global batch: under torchrun each of N processes takes batch_size / N)"""
     lr: float = 1e-3
     """peak learning rate"""
     schedule: Schedule = "cosine"
@@ -144,6 +150,11 @@ def train(
     Raises :class:`TrainingDiverged` on a NaN or infinite loss or weights, leaving the last
     good checkpoint in ``out``. On KeyboardInterrupt the current state is checkpointed
     (when it is finite) before the interrupt propagates.
+
+    Launched by ``torchrun`` with several processes (or inside a process group the caller
+    initialised), the run is data-parallel (:mod:`genmodels.distributed`): ``evaluate`` and
+    ``on_step`` see the same model on every rank; ``evaluate`` runs on rank 0 only and its
+    metrics are broadcast; logged scalars are averaged over the ranks.
     """
     out_dir = Path(out) if out is not None else None
     record: dict[str, Any] | None = None
@@ -162,7 +173,29 @@ def train(
     config = config if config is not None else TrainConfig()
     config.validate()
     dataset = load_data(data)
-    device = resolve_device(config.device)
+    dctx = ddp.setup(config.device)
+    try:
+        return _train(model, dataset, config, dctx, out_dir, record, tensors, options, evaluate, on_step)
+    finally:
+        if isinstance(model, Model):
+            ddp.unwrap(model)
+
+
+def _train(
+    model: Model | str,
+    dataset: Dataset,
+    config: TrainConfig,
+    dctx: ddp.Context,
+    out_dir: Path | None,
+    record: dict[str, Any] | None,
+    tensors: dict[str, torch.Tensor],
+    options: dict[str, Any] | None,
+    evaluate: Evaluator | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> TrainResult:
+    device = dctx.device if dctx.device is not None else resolve_device(config.device)
+    ddp.check_batch(config.batch_size, dctx)
+    main = dctx.is_main
 
     if isinstance(model, str):
         options = dict(options or {})
@@ -179,27 +212,43 @@ def train(
         reference = dataset.sample_reference(PREPARE_SAMPLES, config.seed).to(device, model.shift.dtype)
         model.prepare(reference, torch.Generator().manual_seed(config.seed + 2), progress=config.progress)
     optimizers = model.configure_optimizers(config.lr)
+    if dctx.active:
+        ddp.wrap(model, dctx)
 
+    # one data stream on every rank (each rank slices the same global batch); the model's
+    # noise is independent across ranks (rank 0 keeps the single-process seed)
     data_gen = torch.Generator().manual_seed(config.seed)
-    model_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+    model_gen = torch.Generator(device=device).manual_seed(ddp.rank_seed(config.seed + 1, dctx.rank))
     start = 0
     if record is not None:
         for name, opt in optimizers.items():
             ckpt.optimizer_from_tensors(name, opt, tensors, record["optimizers"][name])
         data_gen.set_state(ckpt.decode_rng(record["rng"]["data"]))
-        model_gen.set_state(ckpt.decode_rng(record["rng"]["model"]))
         start = int(record["step"])
+        saved_ranks = record.get("distributed", {}).get("model_rng", [])
+        if len(saved_ranks) == dctx.world_size:
+            model_gen.set_state(ckpt.decode_rng(saved_ranks[dctx.rank]))
+        elif dctx.rank == 0:
+            model_gen.set_state(ckpt.decode_rng(record["rng"]["model"]))
+        else:  # another world size than the saved run: fresh, reproducible streams
+            model_gen.manual_seed(ddp.rank_seed(config.seed + 1, dctx.rank, start))
         if start >= config.steps:
             raise ValueError(f"the run in {out_dir} already has {start} steps; ask for more with --steps")
-        _truncate_log(out_dir, start)
+        if main:
+            _truncate_log(out_dir, start)
 
-    def save(step: int, metrics: dict[str, Any] | None = None) -> None:
+    def save(step: int, metrics: dict[str, Any] | None = None, collective: bool = True) -> None:
+        """Checkpoint (rank 0 writes; under DDP every rank must call it, unless not ``collective``)."""
         if out_dir is None:
             return
         if not _finite_weights(model):
             raise TrainingDiverged(
                 f"the weights became NaN or infinite by step {step}; {_kept(out_dir)} Try a lower --lr."
             )
+        model_rngs = ckpt.encode_rng(model_gen.get_state())
+        rank_rngs = ddp.gather_objects(model_rngs, dctx) if collective else []
+        if not main:
+            return
         state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
         opt_records = {}
         for name, opt in optimizers.items():
@@ -220,6 +269,7 @@ def train(
                 },
                 "optimizers": opt_records,
                 "metrics": metrics or {},
+                "distributed": {"world_size": dctx.world_size, "model_rng": rank_rngs if dctx.active else []},
             },
             state,
         )
@@ -233,7 +283,7 @@ def train(
     bar = tqdm(
         total=config.steps,
         initial=start,
-        disable=not config.progress,
+        disable=not (config.progress and main),
         desc=model.family,
         unit="step",
         dynamic_ncols=True,
@@ -247,7 +297,11 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = lr
             batch = dataset.batch(step, config.batch_size, config.seed, data_gen).to(device)
-            logs = model.step(batch, model_gen)
+            logs = model.step(ddp.shard(batch, dctx), model_gen)
+            if dctx.active:
+                if step == start:
+                    ddp.check_routed(model)
+                logs = ddp.mean_logs(logs, dctx)
             step += 1
             loss = logs.get("loss", 0.0)
             if not math.isfinite(loss):
@@ -264,7 +318,8 @@ def train(
                 entry = {"step": step, "lr": lr, **{k: v / count for k, v in running.items()}}
                 entry["steps_per_second"] = count / max(now - t_window, 1e-9)
                 history.append(entry)
-                _append_log(out_dir, entry)
+                if main:
+                    _append_log(out_dir, entry)
                 shown = {k: f"{entry[k]:.4f}" for k in ("loss", "nll") if k in entry}
                 bar.set_postfix(shown, refresh=False)
                 running, count, t_window = {}, 0, now
@@ -275,20 +330,21 @@ def train(
                 and step % config.eval_every == 0
                 and step < config.steps
             ):
-                metrics = _run_eval(model, evaluate, step, bar)
+                metrics = _run_eval(model, evaluate, step, bar, dctx)
             if step % config.checkpoint_every == 0 and step < config.steps:
                 save(step, metrics)
     except KeyboardInterrupt:
         bar.close()
-        if out_dir is not None and step > start and _finite_weights(model):
-            save(step, metrics)
+        if out_dir is not None and step > start and main and _finite_weights(model):
+            save(step, metrics, collective=False)  # the other ranks may be inside a collective
             print(f"\ninterrupted at step {step}; checkpoint saved in {out_dir} (continue with --resume)")
         raise
     finally:
         bar.close()
     if evaluate is not None:
-        metrics = _run_eval(model, evaluate, step, None)
+        metrics = _run_eval(model, evaluate, step, None, dctx)
     save(step, metrics)
+    ddp.unwrap(model)
     model.eval()
     return TrainResult(
         model=model,
@@ -327,11 +383,20 @@ def load_run(directory: str | Path, device: str = "cpu") -> tuple[Model, dict[st
     return model.to(resolve_device(device)), record
 
 
-def _run_eval(model: Model, evaluate: Evaluator, step: int, bar: Any) -> dict[str, Any]:
-    model.eval()
-    with torch.no_grad():
-        metrics = {"step": step, **evaluate(model)}
-    model.train()
+def _run_eval(
+    model: Model, evaluate: Evaluator, step: int, bar: Any, dctx: ddp.Context | None = None
+) -> dict[str, Any]:
+    """``evaluate(model)`` under no_grad; under DDP on rank 0 alone, its metrics broadcast."""
+    dctx = dctx if dctx is not None else ddp.Context()
+    metrics: dict[str, Any] = {}
+    if dctx.is_main:
+        model.eval()
+        with torch.no_grad():
+            metrics = {"step": step, **evaluate(model)}
+        model.train()
+    metrics = ddp.broadcast_object(metrics, dctx)
+    if not dctx.is_main:
+        return metrics
     line = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
     (bar.write if bar is not None else print)(f"eval  {line}")
     return metrics

@@ -118,10 +118,22 @@ class Model(nn.Module):
         """
         (opt,) = self.optimizers.values()
         opt.zero_grad(set_to_none=True)
-        out = self.loss(self.normalize(batch), generator)
+        out = self.call("loss", self.normalize(batch), generator)
         out["loss"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in out.items()}
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``getattr(self, method)(*args, **kwargs)`` for a computation whose result is
+        differentiated (e.g. ``"loss"``): through the DistributedDataParallel wrapper that
+        :mod:`genmodels.distributed` attaches under ``torchrun`` (so that the gradients are
+        averaged across ranks), else directly. A family whose ``step`` computes its losses
+        without going through ``call`` cannot train under DDP."""
+        wrapper = self.__dict__.get("_ddp")
+        if wrapper is None:
+            return getattr(self, method)(*args, **kwargs)
+        self.__dict__["_ddp_calls"] = self.__dict__.get("_ddp_calls", 0) + 1
+        return wrapper(method, *args, **kwargs)
 
     # -- the generative side ----------------------------------------------------------
     @torch.no_grad()

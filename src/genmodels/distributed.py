@@ -1,0 +1,325 @@
+"""Data-parallel training under ``torchrun`` with PyTorch's DistributedDataParallel (DDP).
+
+``genmodels.train.train`` calls the functions here; nothing changes for a single process.
+Launch N processes (one per GPU, or N CPU processes with gloo) with::
+
+    torchrun --nproc_per_node N -m genmodels train realnvp --data 8gaussians --device cuda
+
+What a DDP run does, and why it equals a single process:
+
+- **Data.** Every rank draws the same *global* batch of ``batch_size`` examples from the
+  same data generator (seeded as in a single process) and keeps its slice
+  ``batch[r·B/N : (r+1)·B/N]`` (:func:`shard`); ``batch_size`` must be divisible by N. DDP
+  averages the gradients of the N slice-mean losses, which is the gradient of the global
+  batch-mean loss, so a family whose loss is a mean of per-example terms with no noise
+  (realnvp, maf, nsf, made) follows the single-process run with batch B up to float rounding.
+- **Gradients.** The model is wrapped in ``torch.nn.parallel.DistributedDataParallel``
+  (NCCL on CUDA, gloo on CPU). DDP only sees computations that run through the wrapper's
+  forward, so families compute their differentiated losses with ``Model.call("loss", …)``
+  (the wrapped module's forward dispatches to the named method); the default ``Model.step``
+  does. A
+  family whose ``step`` bypasses ``call`` (gan and wgan-gp, with two optimisers; ebm, whose
+  step also makes rank-local decisions — MCMC step-size adaptation, divergence recovery —
+  that would desynchronise the ranks) gets :class:`~genmodels.models.base.NotSupportedError`
+  after its first step, before anything is saved.
+- **Buffers.** DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers``), so
+  state a family keeps in buffers (normalization, step counters, fm's reflow pairs) is
+  rank 0's on every rank, and rank 0's checkpoint holds what all ranks use.
+- **Noise.** The model generator (the noise of a family's loss: diffusion times and ε, fm's
+  source points, vae's reparameterisation) is seeded per rank (:func:`rank_seed`; rank 0
+  keeps the single-process seed), so the ranks draw independent noise. A noisy family
+  therefore equals the single-process run in distribution (same data, same estimator of the
+  same gradient), not draw for draw. Every rank's generator state goes into the checkpoint.
+- **Checkpoints and logs** are written by rank 0 only; the logged scalars (loss, …) are
+  averaged over the ranks first, so the divergence guard fires on every rank at once.
+- **Resume** restores every rank's generator state when the world size is unchanged (exact);
+  with another world size rank 0 continues the saved stream and the other ranks are seeded
+  from (seed, rank, step).
+- **Evaluation** in the loop runs on rank 0 alone, on the plain module (no collective call
+  inside a sampler, so an adaptive ODE solver taking different step counts cannot hang the
+  others), and the metrics are broadcast: they are those of a single-process evaluation of
+  the same weights. To spread the sampling of an evaluation over the ranks, call e.g.
+  ``evaluate_model(ShardedSampler(model), …)`` on every rank: each rank draws its share of
+  the samples with its own generator and the shares are gathered (:class:`ShardedSampler`);
+  ``ShardedSampler(model, world_size=N)`` in one process draws the very same samples.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from genmodels.models.base import Model, NotSupportedError
+
+#: The environment a ``torchrun`` worker gets (WORLD_SIZE > 1 means a distributed launch).
+TORCHRUN_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+LAUNCH = "launch with: torchrun --nproc_per_node N -m genmodels train ..."
+
+
+@dataclass
+class Context:
+    """Where this process stands: rank, world size, its device, and whether it made the group."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device | None = None
+    owns_group: bool = False
+    """True when :func:`setup` initialised the process group (it lives until the process exits)"""
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str, timeout_s: float = 1800.0) -> Context:
+    """The distributed context of this process, initialising the process group under torchrun.
+
+    Uses a group already initialised by the caller (``torch.distributed.init_process_group``);
+    otherwise reads torchrun's environment. Without WORLD_SIZE > 1 the run is a single process
+    (``Context().active`` is False). Raises ValueError, naming the problem, for a wrong launch.
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        owns = False
+    else:
+        world = _env_int("WORLD_SIZE", 1)
+        if world < 1:
+            raise ValueError(f"WORLD_SIZE must be >= 1, got {world}")
+        if world == 1:
+            if os.environ.get("RANK", "0") != "0":
+                raise ValueError(f"RANK is {os.environ['RANK']} but WORLD_SIZE is not set; {LAUNCH}")
+            return Context(device=_single_device(device))
+        missing = [v for v in TORCHRUN_VARS if v not in os.environ]
+        if missing:
+            raise ValueError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; {LAUNCH}")
+        rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+        if not 0 <= rank < world:
+            raise ValueError(f"RANK={rank} is outside 0..{world - 1}")
+        owns = True
+    dev = _rank_device(device, local)
+    if owns:
+        if not dist.is_available():
+            raise ValueError("this PyTorch build has no torch.distributed; train in one process")
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+        # kept for the life of the process (a later train() call, e.g. a resume, reuses it:
+        # re-initialising on torchrun's store can race with the old group's keys)
+        atexit.register(_destroy)
+    return Context(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+def _single_device(name: str) -> torch.device:
+    from genmodels.train import resolve_device
+
+    return resolve_device(name)
+
+
+def _rank_device(name: str, local_rank: int) -> torch.device:
+    """Under DDP: the CPU, or the GPU cuda:LOCAL_RANK (one GPU per process)."""
+    device = torch.device(name)
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"distributed training runs on cpu (gloo) or cuda (nccl), not --device {name}")
+    if device.index is not None:
+        raise ValueError(
+            f"--device {name}: under torchrun each process uses the GPU cuda:LOCAL_RANK; pass --device cuda"
+        )
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but CUDA is not available on this machine")
+    if local_rank >= torch.cuda.device_count():
+        raise ValueError(
+            f"LOCAL_RANK={local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+            "use --nproc_per_node <= the number of GPUs"
+        )
+    torch.cuda.set_device(local_rank)
+    return torch.device("cuda", local_rank)
+
+
+# -- the model -------------------------------------------------------------------------
+def wrap(model: Model, ctx: Context) -> DistributedDataParallel:
+    """Wrap ``model`` in DDP and attach the wrapper, so that ``Model.call`` runs through it.
+
+    The wrapper is kept outside the module tree (no submodule, no state-dict entry).
+    Construction broadcasts rank 0's parameters and buffers to every rank.
+    """
+    ddp = DistributedDataParallel(
+        _Dispatch(model),
+        device_ids=[ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None,
+    )  # buffers: DDP's default, rank 0's broadcast at every forward
+    model.__dict__["_ddp"] = ddp
+    model.__dict__["_ddp_calls"] = 0
+    return ddp
+
+
+class _Dispatch(nn.Module):
+    """What DDP wraps: its forward runs ``model.<method>(*args, **kwargs)``, so any of a
+    family's methods can go through DDP (families keep their own ``forward``, e.g. a flow's)."""
+
+    def __init__(self, model: Model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+def unwrap(model: Model) -> None:
+    """Detach the DDP wrapper again (the model is an ordinary module afterwards)."""
+    model.__dict__.pop("_ddp", None)
+    model.__dict__.pop("_ddp_calls", None)
+
+
+def check_routed(model: Model) -> None:
+    """After a step under DDP: raise NotSupportedError if it never went through the wrapper."""
+    if model.__dict__.get("_ddp_calls", 0) == 0:
+        raise NotSupportedError(
+            f"the {model.family} family cannot train under DistributedDataParallel: its step() computes "
+            "its losses without Model.call, so the gradients would not be averaged across ranks; "
+            "train it in one process"
+        )
+
+
+# -- data, randomness, logs --------------------------------------------------------------
+def check_batch(batch_size: int, ctx: Context) -> None:
+    if ctx.active and batch_size % ctx.world_size:
+        raise ValueError(
+            f"batch-size {batch_size} (the global batch) must be divisible by the {ctx.world_size} processes"
+        )
+
+
+def shard(batch: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """This rank's contiguous slice of the global batch."""
+    if not ctx.active:
+        return batch
+    b = batch.shape[0] // ctx.world_size
+    return batch[ctx.rank * b : (ctx.rank + 1) * b]
+
+
+def rank_seed(seed: int, rank: int, *extra: int) -> int:
+    """A 63-bit seed for ``rank`` (NumPy's SeedSequence hash of (seed, rank, *extra));
+    rank 0 with no ``extra`` keeps ``seed`` itself, so rank 0 draws what one process would."""
+    if rank == 0 and not extra:
+        return seed
+    words = [int(v) % 2**32 for v in (seed, rank, *extra)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def mean_logs(logs: dict[str, float], ctx: Context) -> dict[str, float]:
+    """The logged scalars averaged over the ranks (identical on every rank afterwards)."""
+    if not ctx.active or not logs:
+        return logs
+    keys = sorted(logs)
+    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=_comm_device(ctx))
+    dist.all_reduce(values)
+    values /= ctx.world_size
+    return dict(zip(keys, values.cpu().tolist(), strict=True))
+
+
+def gather_objects(obj: Any, ctx: Context) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, …]`` on every rank (``[obj]`` in one process)."""
+    if not ctx.active:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: Context) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not ctx.active:
+        return obj
+    box = [obj if ctx.is_main else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _comm_device(ctx: Context) -> torch.device:
+    return ctx.device if ctx.device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+# -- evaluation ------------------------------------------------------------------------
+def shard_sizes(n: int, world_size: int) -> list[int]:
+    """How ``n`` samples split over the ranks (the first ``n mod N`` ranks take one more)."""
+    return [n // world_size + (1 if r < n % world_size else 0) for r in range(world_size)]
+
+
+class ShardedSampler:
+    """A view of ``model`` whose ``sample(n, generator=g)`` draws the n samples across ranks.
+
+    One seed s is drawn from ``g`` (every rank draws the same); rank r draws its share
+    (:func:`shard_sizes`) with a generator seeded ``rank_seed(s, r, 1)`` on the model's device,
+    and the shares are all-gathered in rank order, so every rank returns the same ``(n, dim)``
+    tensor. Each rank samples with no collective call inside, so adaptive solvers that take
+    different numbers of steps on different ranks cannot deadlock; the gather waits for the
+    slowest. Everything else (``log_prob``, ``family``, parameters, …) is the model's own.
+
+    With ``world_size`` given and no process group (or outside one), the shares of all
+    ``world_size`` ranks are drawn here in turn: the same samples a distributed evaluation
+    gathers, so ``evaluate_model(ShardedSampler(m, world_size=N), target, generator=g)`` in one
+    process equals ``evaluate_model(ShardedSampler(m), target, generator=g)`` on N ranks.
+    """
+
+    def __init__(self, model: Model, world_size: int | None = None) -> None:
+        self._model = model
+        live = dist.is_available() and dist.is_initialized()
+        self._collective = live and world_size is None
+        self.world_size = dist.get_world_size() if self._collective else (world_size or 1)
+        self.rank = dist.get_rank() if self._collective else None
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {world_size}")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+    @torch.no_grad()
+    def sample(self, n: int, *, generator: torch.Generator | None = None, **options: Any) -> torch.Tensor:
+        g = generator if generator is not None else torch.Generator().manual_seed(0)
+        seed = int(torch.randint(0, 2**62, (), generator=g, device=g.device))
+        sizes = shard_sizes(n, self.world_size)
+        device = self._model.device
+
+        def share(r: int) -> torch.Tensor:
+            gen = torch.Generator(device=device).manual_seed(rank_seed(seed, r, 1))
+            return self._model.sample(sizes[r], generator=gen, **options)
+
+        if not self._collective:
+            return torch.cat([share(r) for r in range(self.world_size)])
+        assert self.rank is not None
+        mine = share(self.rank)
+        comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        padded = torch.zeros(sizes[0], mine.shape[1], dtype=mine.dtype, device=comm)
+        padded[: mine.shape[0]] = mine.to(comm)
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[:k] for p, k in zip(parts, sizes, strict=True)]).to(device)

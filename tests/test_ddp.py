@@ -1,0 +1,289 @@
+"""Data-parallel training (genmodels.distributed) under a real 2-process torchrun on CPU (gloo).
+
+One torchrun launch (a module fixture) runs a worker script that trains, crashes and
+resumes, evaluates and finally fails on one rank; the tests compare what it left with
+single-process runs here. The launch has a hard timeout and runs in its own session, so a
+hung rank cannot hang the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from genmodels import distributed as ddp
+from genmodels import get_target
+from genmodels.data import load_data
+from genmodels.evaluate import evaluate_model
+from genmodels.models import build_model
+from genmodels.train import TrainConfig, load_run, standardize_from, train
+
+NVP = {"layers": 2, "hidden": 16}
+FM = {"hidden": 16, "depth": 2, "emb_dim": 8}
+EVAL = {"n": 300, "mode_n": 300, "energy_n": 300}
+
+WORKER = textwrap.dedent(
+    """
+    import json, os, sys
+    import torch
+    torch.set_num_threads(1)
+    import genmodels.checkpoint as ckpt
+    from genmodels import distributed as ddp, get_target
+    from genmodels.evaluate import evaluate_model
+    from genmodels.models.base import NotSupportedError
+    from genmodels.train import TrainConfig, train
+
+    out = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    NVP, FM, EVAL = json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
+    saves = []
+    real_save = ckpt.save
+    def counting_save(directory, record, tensors):
+        saves.append(int(record["step"]))
+        return real_save(directory, record, tensors)
+    ckpt.save = counting_save
+
+    def cfg(steps=12):
+        return TrainConfig(
+            steps=steps, batch_size=32, lr=1e-2, checkpoint_every=5, log_every=3, progress=False
+        )
+    target = get_target("8gaussians")
+    def evaluator(model):
+        return evaluate_model(model, target, generator=torch.Generator().manual_seed(5), **EVAL)
+
+    class Stop(Exception):
+        pass
+    def crash(step, logs):
+        if step == 7:
+            raise Stop
+    result = {"rank": rank}
+    try:
+        train("realnvp", "8gaussians", cfg(), out=f"{out}/cut", options=NVP, on_step=crash)
+    except Stop:
+        pass
+    cut = train("realnvp", None, cfg(), out=f"{out}/cut", resume=True)
+    full = train("realnvp", "8gaussians", cfg(), out=f"{out}/full", options=NVP, evaluate=evaluator)
+    torch.save(cut.model.state_dict(), f"{out}/cut{rank}.pt")
+    torch.save(full.model.state_dict(), f"{out}/full{rank}.pt")
+    result["metrics"] = full.metrics
+    result["saves"] = saves
+
+    fm = train("fm", "8gaussians", cfg(3), options=FM)
+    torch.save(fm.model.state_dict(), f"{out}/fm{rank}.pt")
+    result["fm_losses"] = [h["loss"] for h in fm.history]
+    g = torch.Generator().manual_seed(9)  # dopri5 in every rank's share: different step counts
+    result["fm_eval"] = evaluate_model(ddp.ShardedSampler(fm.model), target, generator=g, **EVAL)
+
+    try:
+        train("gan", "8gaussians", cfg(2))
+    except NotSupportedError as err:
+        result["gan"] = str(err)
+    with open(f"{out}/result{rank}.json", "w") as f:
+        json.dump(result, f)
+    if rank == 1:  # one rank fails alone: rank 0 waits in a collective; torchrun must end it
+        raise RuntimeError("rank 1 fails on purpose")
+    train("realnvp", "8gaussians", cfg(), options=NVP)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("ddp")
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(_free_port()),
+        str(script),
+        str(out),
+        json.dumps(NVP),
+        json.dumps(FM),
+        json.dumps(EVAL),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    try:
+        log, _ = proc.communicate(timeout=170)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        log, _ = proc.communicate()
+        pytest.fail(f"torchrun did not finish in 170 s:\n{log[-3000:]}")
+    results = []
+    for r in (0, 1):
+        path = out / f"result{r}.json"
+        assert path.exists(), f"rank {r} wrote no result:\n{log[-4000:]}"
+        results.append(json.loads(path.read_text()))
+    return {"out": out, "rc": proc.returncode, "log": log, "results": results, "s": time.perf_counter() - t0}
+
+
+def _cfg(steps: int = 12) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=32, lr=1e-2, checkpoint_every=5, log_every=3, progress=False)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -> float:
+    assert a.keys() == b.keys()
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].numel())
+    assert worst <= tol, worst
+    return worst
+
+
+def test_ranks_hold_the_same_weights(launch: dict[str, Any]) -> None:
+    out = launch["out"]
+    for name in ("full", "cut", "fm"):
+        a, b = _load(out / f"{name}0.pt"), _load(out / f"{name}1.pt")
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_matches_one_process_with_the_same_global_batch(launch: dict[str, Any]) -> None:
+    """realnvp has no noise in its loss: 2 ranks x 16 == one process x 32, up to float rounding
+    (the gradient is averaged in another order; after 12 Adam steps ~1e-7 apart)."""
+    single = train("realnvp", "8gaussians", _cfg(), options=NVP)
+    _close(_load(launch["out"] / "full0.pt"), single.model.state_dict(), tol=1e-5)
+    # a different run (seed) is far away, so the tolerance above can fail
+    other = train("realnvp", "8gaussians", TrainConfig(**{**_cfg().__dict__, "seed": 1}), options=NVP)
+    with pytest.raises(AssertionError):
+        _close(_load(launch["out"] / "full0.pt"), other.model.state_dict(), tol=1e-5)
+
+
+def test_noisy_family_equals_its_two_ranks_simulated_in_one_process(launch: dict[str, Any]) -> None:
+    """fm draws noise in its loss from a per-rank generator (rank_seed), so DDP does not repeat
+    the single-process draws; it equals one process that averages the two ranks' slice losses,
+    each with that rank's generator (what DDP's gradient averaging computes)."""
+    cfg = _cfg(3)
+    data = load_data("8gaussians")
+    model = build_model("fm", data.dim, FM, seed=cfg.seed)
+    standardize_from(model, data, cfg.seed)
+    (opt,) = model.configure_optimizers(cfg.lr).values()
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    assert ddp.rank_seed(cfg.seed + 1, 0) == cfg.seed + 1  # rank 0 keeps the single-process seed
+    losses = []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        batch = data.batch(step, cfg.batch_size, cfg.seed, data_gen)
+        h = cfg.batch_size // 2
+        opt.zero_grad()
+        parts = [model.loss(model.normalize(batch[r * h : (r + 1) * h]), gens[r])["loss"] for r in (0, 1)]
+        loss = (parts[0] + parts[1]) / 2
+        loss.backward()
+        opt.step()
+        model.steps_done += 1
+        losses.append(float(loss.detach()))
+    _close(_load(launch["out"] / "fm0.pt"), model.state_dict(), tol=1e-6)
+    # the logged loss is the mean over the ranks (log_every=3: one entry, steps 1..3)
+    assert launch["results"][0]["fm_losses"] == pytest.approx([sum(losses) / 3], rel=1e-6)
+
+
+def test_checkpoints_by_rank_zero_and_exact_resume(launch: dict[str, Any], tmp_path: Path) -> None:
+    out = launch["out"]
+    r0, r1 = launch["results"]
+    assert r1["saves"] == []  # rank 1 never writes
+    # cut: 5, then the crash at 7, then 10 and 12 after the resume from 5; full: 5, 10, 12
+    assert r0["saves"] == [5, 10, 12, 5, 10, 12]
+    # the resumed run equals the uninterrupted one bit for bit (same world size)
+    a, b = _load(out / "cut0.pt"), _load(out / "full0.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    record = json.loads((out / "cut" / "checkpoint.json").read_text())
+    rngs = record["distributed"]["model_rng"]
+    assert record["distributed"]["world_size"] == 2 and len(rngs) == 2
+    assert rngs[0] != rngs[1]  # independent noise streams per rank
+    steps = [json.loads(line)["step"] for line in (out / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [3, 6, 9, 12]  # one writer, replayed steps dropped
+    # a DDP checkpoint resumes in one process too (rank 0's streams)
+    shutil.copytree(out / "full", tmp_path / "full")
+    more = train("realnvp", None, _cfg(14), out=tmp_path / "full", resume=True)
+    assert more.step == 14
+
+
+def test_evaluation_equals_one_process(launch: dict[str, Any]) -> None:
+    """The loop's evaluation (rank 0, broadcast) is that of the trained weights in one process;
+    a ShardedSampler evaluation (dopri5 shares on both ranks, gathered) equals the one-process
+    evaluation of the same two shares."""
+    r0, r1 = launch["results"]
+    assert r0["metrics"] == r1["metrics"]
+    target = get_target("8gaussians")
+    model, _ = load_run(launch["out"] / "full")
+    here = evaluate_model(model, target, generator=torch.Generator().manual_seed(5), **EVAL)
+    assert {"step": 12, **here} == pytest.approx(r0["metrics"], rel=1e-6)
+
+    fm = build_model("fm", 2, FM)
+    fm.load_state_dict(_load(launch["out"] / "fm0.pt"))
+    fm.eval()
+    g = torch.Generator().manual_seed(9)
+    single = evaluate_model(ddp.ShardedSampler(fm, world_size=2), target, generator=g, **EVAL)
+    assert r0["fm_eval"] == r1["fm_eval"]
+    assert single == pytest.approx(r0["fm_eval"], rel=1e-6)
+    g = torch.Generator().manual_seed(9)  # other shards: another sample set, other numbers
+    three = evaluate_model(ddp.ShardedSampler(fm, world_size=3), target, generator=g, **EVAL)
+    assert three["energy_distance"] != pytest.approx(r0["fm_eval"]["energy_distance"], rel=1e-6)
+
+
+def test_unsupported_family_and_a_failing_rank(launch: dict[str, Any]) -> None:
+    r0, r1 = launch["results"]
+    assert "gan family cannot train under DistributedDataParallel" in r0["gan"] and r1["gan"] == r0["gan"]
+    # rank 1 failed alone at the end; torchrun ended rank 0 (waiting in a collective)
+    assert launch["rc"] != 0 and "rank 1 fails on purpose" in launch["log"]
+
+
+def test_launch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ddp.TORCHRUN_VARS:
+        monkeypatch.delenv(var, raising=False)
+    assert not ddp.setup("cpu").active
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(ValueError, match="LOCAL_RANK, MASTER_ADDR, MASTER_PORT not set; launch with"):
+        ddp.setup("cpu")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match="RANK is 1 but WORLD_SIZE"):
+        ddp.setup("cpu")
+    with pytest.raises(ValueError, match="pass --device cuda"):
+        ddp._rank_device("cuda:1", 0)
+    with pytest.raises(ValueError, match=r"cpu \(gloo\) or cuda \(nccl\)"):
+        ddp._rank_device("mps", 0)
+    with pytest.raises(ValueError, match=r"batch-size 33 .* divisible by the 2 processes"):
+        ddp.check_batch(33, ddp.Context(rank=0, world_size=2))
+    assert ddp.shard_sizes(7, 3) == [3, 2, 2]
+    assert ddp.rank_seed(4, 0) == 4 and len({ddp.rank_seed(4, r) for r in range(4)}) == 4
+    # the shards of a ShardedSampler in one process are the single-process samples of each rank
+    model = build_model("realnvp", 2, NVP)
+    x = ddp.ShardedSampler(model, world_size=2).sample(5, generator=torch.Generator().manual_seed(0))
+    seed = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(0)))
+    second = model.sample(2, generator=torch.Generator().manual_seed(ddp.rank_seed(seed, 1, 1)))
+    assert x.shape == (5, 2) and torch.equal(x[3:], second)
