@@ -129,12 +129,17 @@ def test_langevin_chain_moves_noise_to_the_target(tmp_path: Path) -> None:
 
 
 def test_cli_figures_writes_all_and_rejects_unknown(tmp_path: Path, capsys) -> None:
-    code = main(["figures", "--out", str(tmp_path / "all")])
+    # every figure, with the golf figure's four training runs cut to 2 % of their budget
+    code = main(["figures", "--out", str(tmp_path / "all"), "--steps-scale", "0.1"])
     out, err = capsys.readouterr()
     assert code == 0, err
     names = ["overview", "mode_covering", "mode_chasing", "langevin"]
-    for name in names:
+    for name in [*names, "contrastive_divergence", "em_algorithm", "equilibrium"]:
         check_gif(tmp_path / "all" / f"{name}.gif", 4)
+    for name in ["forward", "reverse_ODE", "reverse_SDE"]:
+        check_gif(tmp_path / "all" / f"nonequilibrium_{name}.gif", 3)
+    for name in ["golf", "relations"]:
+        assert (tmp_path / "all" / f"{name}.png").stat().st_size > 0
     assert "n(x, y) =" in out and "D(π‖q)" in out and "KL(π‖particles)" in out
 
     code = main(["figures", "--out", str(tmp_path / "one"), "--only", "mode_chasing"])

@@ -173,7 +173,14 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
         "--only",
         default=None,
         metavar="NAME",
-        help="write only this figure: overview, mode_covering, mode_chasing or langevin",
+        help="write only this figure (default: all): overview, mode_covering, mode_chasing, langevin, "
+        "contrastive_divergence, equilibrium, nonequilibrium, golf, relations",
+    )
+    p.add_argument(
+        "--steps-scale",
+        type=float,
+        default=1.0,
+        help="multiply the training budget of the golf figure (it trains four families briefly)",
     )
     return parser
 
@@ -392,7 +399,9 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     if args.only is not None and args.only not in FIGURES:
         raise CLIError(f"unknown figure {args.only!r} for --only; choose one of {', '.join(FIGURES)}")
-    for path in make_figures(Path(args.out), only=args.only):
+    if not args.steps_scale > 0:
+        raise CLIError(f"--steps-scale must be positive, got {args.steps_scale}")
+    for path in make_figures(Path(args.out), only=args.only, steps_scale=args.steps_scale):
         print(f"wrote {path}")
 
 
