@@ -29,13 +29,17 @@ def _prepared(options: dict, seed: int = 0) -> Coop:
 
 
 def test_untrained_generator_and_ebm_both_start_at_the_reference() -> None:
-    """The untrained EBM is q (zero output layer of f) and the untrained generator draws from q:
-    its samples have q's mean and covariance (within sampling error)."""
-    model = _prepared(SMALL)
-    u = model.normalize(model.sample(20_000, generator=torch.Generator().manual_seed(0), refine_steps=0))
+    """The untrained EBM is q (zero output layer of f) and the untrained generator's mean g(z)
+    draws from q: its samples have q's mean and covariance (within sampling error); its full
+    model g(z) + σε adds σ²I to the covariance."""
+    model = _prepared({**SMALL, "sigma": 0.5})
+    gen = torch.Generator().manual_seed(0)
+    u = model.normalize(model.sample(20_000, generator=gen, refine_steps=0, noise=False))
     cov = model.ebm.ref_chol @ model.ebm.ref_chol.T
     torch.testing.assert_close(u.mean(0), model.ebm.ref_mean, atol=0.03, rtol=0)  # se ≈ 0.007
     torch.testing.assert_close(torch.cov(u.T), cov, atol=0.05, rtol=0)
+    noisy = model.normalize(model.sample(20_000, generator=gen, refine_steps=0))
+    torch.testing.assert_close(torch.cov(noisy.T), cov + 0.25 * torch.eye(2), atol=0.06, rtol=0)
     x = get_target("8gaussians").sample(100, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(model.energy(x), -model.ebm.log_q(model.normalize(x)))
 
@@ -88,21 +92,73 @@ def test_generator_learns_the_revision_map() -> None:
         torch.ones(x_hat.shape[0]),
     )
     g = torch.Generator().manual_seed(0)
-    before = model.normalize(model.sample(4000, generator=torch.Generator().manual_seed(9), refine_steps=0))
+    before = model.normalize(
+        model.sample(4000, generator=torch.Generator().manual_seed(9), refine_steps=0, noise=False)
+    )
     batch = get_target("8gaussians").sample(128, generator=g)
     for _ in range(150):
         model.step(batch, g)
-    after = model.normalize(model.sample(4000, generator=torch.Generator().manual_seed(9), refine_steps=0))
+    after = model.normalize(
+        model.sample(4000, generator=torch.Generator().manual_seed(9), refine_steps=0, noise=False)
+    )
     ratio = float(after.std(0).mean() / before.std(0).mean())
     torch.testing.assert_close(after.mean(0), c, atol=0.1, rtol=0)  # se of the mean ≈ 0.016
     # Adam's per-weight steps distort g a little (0.81 measured); shuffled z gave 0.04
     assert 0.6 < ratio < 1.4, ratio
 
 
+def test_learned_sigma_is_the_rms_residual_of_the_teaching() -> None:
+    """learn_sigma: σ² tracks mean ‖x̃ − g(z)‖² / d, the complete-data MLE of the generator's
+    noise. A revision that adds N(0, s²I) to each proposal (nothing the generator can learn)
+    drives σ from its start to s (moving average over ~1/SIGMA_EMA steps of 128 draws: the
+    estimate's relative error is ≈ 1 %); with learn_sigma off it stays put."""
+    s = 0.3
+    for learn, expected in ((True, s), (False, 0.1)):
+        model = _prepared({**SMALL, "learn_sigma": learn, "buffer_chains": 0})
+        model.configure_optimizers(0.0)
+        g = torch.Generator().manual_seed(0)
+        model.revise = lambda x_hat, generator, steps=None: (
+            x_hat + s * torch.randn(x_hat.shape, generator=generator),
+            torch.ones(x_hat.shape[0]),
+            torch.ones(x_hat.shape[0]),
+        )
+        batch = get_target("8gaussians").sample(128, generator=g)
+        for _ in range(300):
+            logs = model.step(batch, g)
+        assert abs(logs["sigma"] - expected) < 0.02, (learn, logs["sigma"])
+
+
+def test_persistent_chains_join_the_negatives_without_touching_the_revision() -> None:
+    """buffer_chains: each step advances at most that many chains of the EBM's replay buffer,
+    and the revision keeps its own step size (adapted toward target_accept by its own
+    acceptance, not the buffer's); buffer_chains=0 has no buffer (the paper)."""
+    assert _prepared({**SMALL, "buffer_chains": 0}).ebm.chains.numel() == 0
+    model = _prepared({**SMALL, "buffer_chains": 16, "buffer_size": 100, "kernel": "mala"})
+    model.configure_optimizers(1e-3)
+    before = model.ebm.chains.clone()
+    seen = {}
+    original = model.revise
+
+    def recording(x_hat, generator, steps=None):
+        seen["eps"] = model.ebm.mcmc_step_size.clone()
+        out = original(x_hat, generator, steps)
+        seen["acc"] = out[1].mean()
+        return out
+
+    model.revise = recording
+    batch = get_target("8gaussians").sample(64, generator=torch.Generator().manual_seed(4))
+    model.step(batch, torch.Generator().manual_seed(5))
+    moved = int((model.ebm.chains != before).any(-1).sum())
+    assert 0 < moved <= 16, moved
+    adapted = seen["eps"] * torch.exp(0.1 * (seen["acc"] - model.config.target_accept))
+    adapted = adapted.clamp(max=model.config.step_size)  # step_size is the largest Δt
+    torch.testing.assert_close(model.ebm.mcmc_step_size, adapted.to(model.ebm.mcmc_step_size.dtype))
+
+
 def test_ebm_step_raises_f_on_data_relative_to_revised_samples() -> None:
     """The EBM's update follows E_data[∇f] − E_x̃[∇f]: on the same batch and the same x̃,
-    mean f(data) − mean f(x̃) grows."""
-    model = _prepared(SMALL)
+    mean f(data) − mean f(x̃) grows (the revised samples alone as negatives, as in the paper)."""
+    model = _prepared({**SMALL, "buffer_chains": 0})
     model.configure_optimizers(1e-2)
     seen = {}
     original = model.revise
@@ -126,10 +182,11 @@ def test_ebm_step_raises_f_on_data_relative_to_revised_samples() -> None:
 def test_short_run_lowers_the_kl_of_both_generator_and_ebm() -> None:
     """500 steps on 8gaussians: the generator's samples (counting KL on the grid) and the EBM's
     density (quadrature, exact) both beat the untrained model, which is the Gaussian reference
-    for both (KL ≈ 1.44 and 1.42). The stderrs are ≈ 0.01, so a margin of 0.3 is ≫ noise; a
-    generator taught with its own proposals (x̂ instead of x̃) stays at the untrained KL."""
+    for both (KL ≈ 1.49 with σ = 0.1, and 1.42). The stderrs are ≈ 0.01, so margins of 0.2 and
+    0.3 are ≫ noise; a generator taught with its own proposals (x̂ instead of x̃) does not
+    improve (its σ shrinks to 0)."""
     target = get_target("8gaussians")
-    cfg = TrainConfig(steps=500, lr=2e-3, batch_size=128, progress=False, seed=0)
+    cfg = TrainConfig(steps=500, lr=1e-2, batch_size=128, progress=False, seed=0)
     untrained = build_model("coop", 2, RUN, seed=0)
     train(untrained, "8gaussians", TrainConfig(steps=1, lr=1e-12, batch_size=128, progress=False, seed=0))
     model = train("coop", "8gaussians", cfg, options=RUN).model
@@ -144,7 +201,7 @@ def test_short_run_lowers_the_kl_of_both_generator_and_ebm() -> None:
 
     gen0, ebm0 = kls(untrained)
     gen1, ebm1 = kls(model)
-    assert gen1 < gen0 - 0.3, (gen0, gen1)
+    assert gen1 < gen0 - 0.2, (gen0, gen1)  # measured 1.49 → 1.21
     assert ebm1 < ebm0 - 0.3, (ebm0, ebm1)
 
 
@@ -176,6 +233,8 @@ def test_checkpoint_round_trip_and_options(tmp_path) -> None:
         ({"langevin_steps": 0}, "langevin_steps"),
         ({"step_size": -0.1}, "step_size"),
         ({"g_lr_ratio": 0.0}, "g_lr_ratio"),
+        ({"buffer_chains": -1}, "buffer_chains"),
+        ({"buffer_size": 0}, "buffer_size"),
         ({"g_activation": "swish"}, "g_activation"),
         ({"sigma": 0.0}, "sigma"),
         ({"bogus": 1}, "bogus"),

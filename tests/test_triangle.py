@@ -166,6 +166,55 @@ def test_refined_samples_follow_the_ebm() -> None:
     assert torch.any((raw.mean(0) - mean_pi).abs() > 10 * stderr)
 
 
+def test_refined_negatives_follow_the_ebm() -> None:
+    """``negative_steps`` MALA steps (adapted step size) from the generator's draws, a quarter of them
+    restarted from the reference q, end at π's mean within 5 standard errors; without the steps the
+    negatives are the generator's draws, far from it."""
+    model = _linear_triangle()
+    mean_pi = _closed_form(W_E, B_E)["mean_pi"]
+    g = torch.Generator().manual_seed(6)
+    _, x = model.generate(4000, g)
+    assert torch.equal(model.refine_negatives(x, g), x.detach())
+    model.config.negative_steps, model.config.negative_restart = 30, 0.25
+    with torch.no_grad():
+        model.ebm.mcmc_step_size.fill_(0.3)
+    neg = x
+    for _ in range(10):  # 300 steps in all, the step size adapting between calls
+        neg = model.refine_negatives(neg, g)
+    stderr = neg.std(0) / math.sqrt(4000)
+    assert torch.all((neg.mean(0) - mean_pi).abs() < 5 * stderr), (neg.mean(0), mean_pi)
+    assert torch.any((x.mean(0) - mean_pi).abs() > 10 * stderr)
+
+
+def test_energy_reg_decay_follows_the_lr() -> None:
+    """With ``energy_reg_decay="lr"`` the EBM step's penalty is λ · lr_t / lr: at half the base lr the
+    logged EBM loss is the plain loss plus λ/2 times the penalty."""
+    model = build_model(
+        "triangle",
+        2,
+        {"hidden": 8, "ebm_hidden": 8, "grid_size": 16, "energy_reg": 0.5, "energy_reg_decay": "lr"},
+    )
+    x = get_target("8gaussians").sample(256, generator=torch.Generator().manual_seed(0))
+    model.prepare(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a non-zero energy, so that the penalty is visible
+        model.ebm.f_net[-1].bias.fill_(1.5)
+    opts = model.configure_optimizers(1e-3)
+    for opt in opts.values():
+        for group in opt.param_groups:
+            group["lr"] = 5e-4
+    g = torch.Generator().manual_seed(1)
+    u = model.normalize(x)
+    _, x_gen = model.generate(256, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = float(model.ebm_loss(u, x_gen, 0.25))
+    logs = model.step(x, g)
+    assert abs(logs["ebm_loss"] - expected) < 1e-5, (
+        logs["ebm_loss"],
+        expected,
+        float(model.ebm_loss(u, x_gen)),
+    )
+
+
 def test_short_run_lowers_both_kls_on_8gaussians() -> None:
     """600 steps: the EBM's KL (quadrature log π, exact) and the generator's counting KL (its draws on
     a 50 × 50 grid) both fall well below the untrained model's (EBM: the fitted Gaussian, 1.41;
@@ -209,6 +258,9 @@ def test_checkpoint_round_trip_and_logs(tmp_path) -> None:
         ({"decoder_std": -1.0}, "decoder_std"),
         ({"ebm_lr_mult": 0.0}, "ebm_lr_mult"),
         ({"activation": "nope"}, "activation"),
+        ({"negative_steps": -1}, "negative_steps"),
+        ({"negative_restart": 1.5}, "negative_restart"),
+        ({"energy_reg_decay": "cosine"}, "energy_reg_decay"),
         ({"nope": 1}, "unknown option"),
     ],
 )

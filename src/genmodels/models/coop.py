@@ -17,33 +17,54 @@ the advisor revises, the student learns from the revision):
 1. **propose**: z_i ~ N(0, I_k), x̂_i = g_θ(z_i), i = 1..b;
 2. **revise** (the EBM's MCMC): ``langevin_steps`` Langevin steps on π_α started at x̂_i,
    x ← x + (Δt/2) ∇ log π_α(x) + √Δt e (tutorial §4), give x̃_i. The kernels are those of
-   ``genmodels.samplers`` (unadjusted Langevin as in the paper, or MALA), run through
-   :meth:`EBM.run_chains`;
+   ``genmodels.samplers``, run through :meth:`EBM.run_chains`: unadjusted Langevin as in the
+   paper, or (the default) MALA, the same proposal with a Metropolis test. Unadjusted Langevin
+   at a fixed Δt diverges once the EBM's modes are narrower than about √Δt/2 (measured: the
+   rings target blew up three times in 1200 steps at Δt = 0.02); MALA rejects those moves.
+   Its Δt adapts toward acceptance ``target_accept`` (0.9) but never above ``step_size``: a
+   revision that moves far blurs the generator, which learns its conditional mean (adapted to
+   MALA's usual 0.574, Δt grew to ≈ 0.1 and on rings the generator collapsed to a blob);
 3. **EBM update**: the maximum-likelihood learning gradient of tutorial §3,
    L'(α) = E_data[∇_α f_α(x)] − E_π[∇_α f_α(x)], with the synthesized x̃ standing in for
    draws of π_α. We minimise mean f(x̃) − mean f(x) (gradient −L'), the same loss as the
    EBM family's ``method="mle"``; the chains start at the generator's proposals instead of
-   q or a persistent buffer ("modified contrastive divergence");
+   q or a persistent buffer ("modified contrastive divergence").
+
+   Addition (``buffer_chains``, not in the papers): the expectation under π is pooled over
+   the b revised samples and ``buffer_chains`` states of the ``ebm`` family's persistent,
+   parallel-tempered replay buffer (:meth:`EBM._ml_loss`), both estimates of draws of π.
+   Short revisions never carry a proposal from one mode to another, so with x̃ alone the
+   relative masses of separated modes are a null direction of the EBM's gradient: they
+   drifted freely (8gaussians, 900 steps: EBM mode masses 0.004–0.34 against 0.125, KL 1.45).
+   The tempered chains do move between modes and anchor them. The pooled fixed point is
+   EBM mass = data mass + (b/m)(data mass − generator mass), so the generator's errors are
+   amplified by b/m at first; m = b keeps that factor 1 (measured: m = 64 left EBM KL 0.37,
+   m = 256 gave 0.15 after 900 steps);
 4. **generator update, MCMC teaching**: regress g_θ onto the revised examples **with the
    same latent z that produced them**, minimising (1/b) Σ ‖x̃_i − g_θ(z_i)‖² (the complete-
    data log-likelihood of the generator, Σ ‖x̃_i − g_θ(z_i)‖² / (2σ²), up to the scale that
    Adam ignores). z_i is known because the generator made x̂_i from it, so no inference is
    needed: the generator absorbs the MCMC transition x̂ → x̃ and, at the fixed point, g(z)
-   itself lands where the Langevin revision would take it.
+   itself lands where the Langevin revision would take it. The noise σ of the generator is
+   estimated too (``learn_sigma``): its complete-data maximum-likelihood estimate is
+   σ² = mean ‖x̃ − g(z)‖² / d (the M-step of factor analysis for an isotropic noise), tracked
+   by a moving average over steps.
 
    Optional (``infer_z=True``, Step G2 of the TPAMI algorithm): before the regression, revise
    z too by ``z_steps`` Langevin steps on the generator's posterior
    log p(z | x̃) = −½‖z‖² − ‖x̃ − g_θ(z)‖² / (2σ²) + const, started at z_i (the alternating
    back-propagation inference), and regress onto x̃ with the revised z̃. Off by default, as in
-   the AAAI paper's MCMC teaching with the known z: on 8gaussians (800 steps, 64-wide nets,
-   one seed) it lowered the generator's grid KL 1.09 → 1.00 but raised the EBM's 0.51 → 0.73,
-   and it adds ``z_steps`` generator passes per step.
+   the AAAI paper's MCMC teaching with the known z: on 8gaussians (earlier defaults: unadjusted
+   Langevin, no buffer; 800 steps, 64-wide nets, one seed) it lowered the generator's grid KL
+   1.09 → 1.00 but raised the EBM's 0.51 → 0.73, and it adds ``z_steps`` generator passes
+   per step.
 
 Each step logs ``energy_gap`` = mean f(data) − mean f(x̃) (the EBM's learning signal; it
 oscillates around 0 when the EBM has caught up), ``revision_gain`` = mean f(x̃) − mean f(x̂)
 (how far uphill the EBM's MCMC moved the generator's proposals), ``revision_dist`` = mean
 ‖x̃ − x̂‖, and ``g_loss`` = mean ‖x̃ − g(z)‖² (the generator's regression loss before its
-update), and the MCMC acceptance (1 for unadjusted Langevin) and gradient norm.
+update), ``sigma`` (the generator's σ), and the MCMC acceptance (1 for unadjusted Langevin)
+and gradient norm; with ``buffer_chains`` the persistent chains' step size is kept apart.
 
 Learning rates: both Adam optimisers follow the training loop's schedule; the generator's is
 multiplied by ``g_lr_ratio`` (the balance between the two learners).
@@ -57,23 +78,34 @@ Density and samples:
   an inference model (cf. the divergence triangle, the ``triangle`` family) that CoopNets
   does not have; score its samples by the counting KL instead
   (``kl_to_truth(model, target, method="grid", samples=model.sample(n, refine_steps=0))``).
-- ``sample`` draws x̂ = g(z) (the generator's mean, as the papers display; σ ε is not added)
-  and, by default, revises them with the same Langevin revision as training
-  (``refine_steps=-1``): the cooperative sampler whose outputs the EBM was fitted against.
-  ``refine_steps=0`` gives the generator alone (one network pass). The generator learns the
-  conditional mean E[x̃ | z] of the revision, so the Langevin noise averages out of it and
-  alone it draws a sharper (thinner) distribution than the EBM's; the revision puts the
-  spread back, hence the default.
+- ``sample`` draws x̂ = g(z) and, by default, revises them with the same Langevin revision
+  as training (``refine_steps=-1``): the cooperative sampler whose outputs the EBM was fitted
+  against. ``refine_steps=0`` gives the generator alone, its model g(z) + σε (one network
+  pass; ``noise=False``: the mean g(z), as the papers display). The generator learns the
+  conditional mean E[x̃ | z] of the revision, so the Langevin noise averages out of g and the
+  mean alone draws a thinner distribution than the EBM's (8gaussians, 1200 steps: grid KL
+  1.21 for g(z) against 0.69 for g(z) + σε).
 
 The generator starts as the EBM's reference q (an affine skip A z + b set to q in
 :meth:`prepare`, plus an MLP with a zero output layer; :class:`Generator`): both models start
 at the same distribution. A generator started collapsed (a plain random MLP) stayed a blob
 that the EBM chased around the plane.
 
-Measured on 8gaussians (seed 0, one CPU core shared with other jobs; untrained: grid KL 1.44,
-EBM KL 1.42): the defaults for 1200 steps (60 s) gave the EBM (quadrature, exact) KL 0.45,
-revised samples grid KL 0.49 and the generator alone 1.60 (a thin ring); all three had found
-the ring but not yet resolved its eight modes.
+Defaults: Adam at lr 1e-2 for the EBM and 2e-3 for the generator (``g_lr_ratio`` 0.2), cosine
+decay over 1200 steps. Measured (seed 0, one CPU thread on a machine shared with ~5 other
+jobs; KLs: the EBM's by quadrature, exact; the samples' by counting on the grid, floor 0.056):
+
+- 8gaussians (untrained: EBM 1.42, generator 1.44): EBM 0.089, revised samples 0.27,
+  generator alone 0.80 (its mean g(z) 1.39), 117 s. The previous defaults (unadjusted
+  Langevin, no buffer, fixed σ, lr 2e-3 for both) gave 0.45, 0.49 and 1.60 in 1200 steps.
+  Without the cap of Δt at ``step_size``: 0.020, 0.23, 0.65 (140 s).
+- rings: **not solved**. EBM 1.31 → 1.11 → 2.41 at steps 400, 800, 1200, revised samples
+  ≈ 1.0, generator ≈ 1.1; the unadjusted kernel diverged (three restarts), 20 revision
+  steps did no better (EBM 1.57 at 800 steps), and without the Δt cap the generator's mean
+  collapsed to a blob (grid KL 3.0).
+- grid25: **fails**. The EBM grows spurious, sharp modes (KL 25–1500 after 300–600 steps at
+  lr 1e-2, 3e-3 or with warmup; at lr 1e-2 it stopped as diverged after five restarts, the
+  MALA step having shrunk to 5e-5): revised samples ≈ 2.8–3.6, generator ≈ 3.8.
 """
 
 from __future__ import annotations
@@ -86,7 +118,7 @@ import torch
 from torch import nn
 
 from genmodels.models.base import Model, ModelConfig, NotSupportedError, SampleConfig
-from genmodels.models.ebm import EBM, SNAPSHOT_EVERY, EBMConfig, _Frozen
+from genmodels.models.ebm import EBM, SNAPSHOT_EVERY, STEP_ADAPT_RATE, EBMConfig, _Frozen
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation
 from genmodels.samplers.langevin import Langevin
 from genmodels.types import LogDensity
@@ -114,10 +146,24 @@ class CoopConfig(ModelConfig):
     """Langevin steps of the EBM's revision x̂ → x̃ per training step (and when sampling)"""
     step_size: float = 0.02
     """Langevin step size Δt of the revision, in standardized units (noise √Δt per step;
-    mala adapts it toward acceptance 0.574, langevin keeps it)"""
-    kernel: Literal["langevin", "mala"] = "langevin"
-    """kernel of the revision: langevin (unadjusted, as in the paper) or mala"""
-    g_lr_ratio: float = 1.0
+    langevin keeps it; mala adapts it toward ``target_accept`` but never above this value)"""
+    kernel: Literal["langevin", "mala"] = "mala"
+    """kernel of the revision: mala (Langevin with a Metropolis test, which rejects the moves
+    that make the unadjusted kernel blow up where f is steep) or langevin (unadjusted, as in
+    the paper)"""
+    target_accept: float = 0.9
+    """mala: the revision's Δt adapts (Robbins–Monro on log Δt, as the ebm family's chains) toward
+    this acceptance rate, so it shrinks with the width of the EBM's modes; higher than MALA's
+    efficient 0.574 for a gentler revision that the generator can follow; 0: Δt stays fixed"""
+    buffer_chains: int = 256
+    """persistent chains of π advanced per step (the ``ebm`` family's replay buffer with
+    parallel tempering, :meth:`EBM._ml_loss`) whose states join the revised samples as the
+    EBM's negatives; they anchor the relative masses of separated modes, which the revision
+    (short chains that keep the generator's proposals in the mode they start in) leaves
+    unconstrained. 0: the revised samples alone, as in the papers"""
+    buffer_size: int = 2000
+    """chains in the persistent buffer (buffer_chains > 0)"""
+    g_lr_ratio: float = 0.2
     """the generator's learning rate divided by the EBM's (the training loop's lr)"""
     infer_z: bool = False
     """also revise z by Langevin on the generator's posterior p(z | x̃) before the regression
@@ -127,8 +173,11 @@ class CoopConfig(ModelConfig):
     z_step_size: float = 0.01
     """Langevin step size for z (infer_z)"""
     sigma: float = 0.1
-    """σ of the generator u = g(z) + σε in standardized units: the noise scale of the
-    posterior p(z | x̃) (infer_z); samples are g(z) without noise"""
+    """σ of the generator u = g(z) + σε in standardized units (the initial value when
+    learn_sigma): the noise of its samples and of the posterior p(z | x̃) (infer_z)"""
+    learn_sigma: bool = True
+    """estimate σ by maximum likelihood from the complete data (z, x̃): σ² = mean ‖x̃ − g(z)‖² / d,
+    tracked by an exponential moving average over the steps; off: σ stays ``sigma``"""
     beta1: float = 0.5
     """Adam β₁ of both optimisers"""
     beta2: float = 0.999
@@ -144,6 +193,12 @@ class CoopSampleConfig(SampleConfig):
     refine_steps: int = -1
     """Langevin revision steps under the EBM applied to the generator's samples g(z):
     -1 = as in training (``langevin_steps``), 0 = the generator alone"""
+    noise: bool = True
+    """the generator alone (refine_steps=0) draws g(z) + σε, its model; off: the mean g(z)"""
+
+
+#: weight of the newest step in the moving average of the generator's σ² (learn_sigma)
+SIGMA_EMA = 0.02
 
 
 class Coop(Model):
@@ -153,7 +208,7 @@ class Coop(Model):
     Config: ClassVar[type[ModelConfig]] = CoopConfig
     SampleConfig: ClassVar[type[SampleConfig]] = CoopSampleConfig
     has_log_prob: ClassVar[bool] = True
-    train_defaults: ClassVar[dict[str, Any]] = {"steps": 3000, "lr": 2e-3, "batch_size": 256}
+    train_defaults: ClassVar[dict[str, Any]] = {"steps": 1200, "lr": 1e-2, "batch_size": 256}
     tour_steps: ClassVar[int] = 1000
     config: CoopConfig
 
@@ -163,7 +218,8 @@ class Coop(Model):
         _validate(c)
         ebm_config = EBMConfig(
             method="mle",
-            chains="short-run",
+            chains="persistent" if c.buffer_chains else "short-run",
+            buffer_size=c.buffer_size,
             kernel=c.kernel,
             mcmc_steps=c.langevin_steps,
             step_size=c.step_size,
@@ -178,6 +234,8 @@ class Coop(Model):
         #: the generator's mean g_θ(z) = A z + b + MLP(z): an affine skip, set by :meth:`prepare`
         #: to the EBM's reference q, plus an MLP whose output layer starts at zero
         self.generator_net = Generator(dim, c)
+        #: the generator's noise σ (learned when ``learn_sigma``)
+        self.register_buffer("g_sigma", torch.tensor(float(c.sigma)))
 
     # -- the two models -----------------------------------------------------------------
     def f(self, u: torch.Tensor) -> torch.Tensor:
@@ -210,7 +268,9 @@ class Coop(Model):
 
         def log_posterior(zz: torch.Tensor) -> torch.Tensor:
             resid = target - self.generator_net(zz)
-            return -0.5 * (zz**2).sum(-1) - 0.5 * (resid**2).sum(-1) / c.sigma**2
+            return -0.5 * (zz**2).sum(-1) - 0.5 * (resid**2).sum(-1) / sigma**2
+
+        sigma = float(self.g_sigma)
 
         kernel = Langevin(step_size=c.z_step_size)
         with _Frozen(self.generator_net):
@@ -253,11 +313,20 @@ class Coop(Model):
             x_hat = self.generator_net(z)
         eps = ebm.mcmc_step_size.to(u.dtype)
         x_tilde, acc, grad = self.revise(x_hat, g)
-        ebm.mcmc_step_size.copy_(ebm._adapted(eps, acc.mean()))  # mala: toward acceptance 0.574
+        if c.kernel == "mala" and c.target_accept > 0:  # log Δt += κ (acceptance − target)
+            adapted = eps * torch.exp(STEP_ADAPT_RATE * (acc.mean() - c.target_accept))
+            ebm.mcmc_step_size.copy_(adapted.clamp(1e-8, c.step_size))
 
-        # 3. the EBM: minimise mean f(x̃) − mean f(x), gradient −(E_data ∇f − E_x̃ ∇f)
+        # 3. the EBM: minimise mean f(x̃) − mean f(x), gradient −(E_data ∇f − E_x̃ ∇f), the
+        # model's expectation pooled over the revised samples and the persistent chains
         f_data, f_tilde = self.f(u), self.f(x_tilde)
         e_loss = f_tilde.mean() - f_data.mean()
+        if c.buffer_chains:
+            m = min(c.buffer_chains, b)
+            revision_eps = ebm.mcmc_step_size.clone()  # _ml_loss sets it to its chains' median
+            persistent = ebm._ml_loss(u[:m], g)
+            ebm.mcmc_step_size.copy_(revision_eps)
+            e_loss = (b * e_loss + m * persistent["loss"]) / (b + m)
         with torch.no_grad():
             f_hat = self.f(x_hat).mean()
         logs = {
@@ -286,6 +355,10 @@ class Coop(Model):
         g_loss.backward()
         _step_scaled(opt_g, c.g_lr_ratio * float(ebm.lr_factor))
         logs["g_loss"] = float(g_loss.detach())
+        if c.learn_sigma:  # σ² = mean ‖x̃ − g(z)‖² / d, the complete-data MLE, averaged over steps
+            var = (1 - SIGMA_EMA) * float(self.g_sigma) ** 2 + SIGMA_EMA * logs["g_loss"] / self.dim
+            self.g_sigma.fill_(math.sqrt(var))
+        logs["sigma"] = float(self.g_sigma)
 
         if not all(bool(torch.isfinite(p).all()) for p in ebm.parameters()):
             return ebm._recover(opt_e, logs)
@@ -296,16 +369,22 @@ class Coop(Model):
         return logs
 
     # -- the generative side --------------------------------------------------------------
-    def _sample(self, n: int, *, generator: torch.Generator | None, refine_steps: int = -1) -> torch.Tensor:
+    def _sample(
+        self, n: int, *, generator: torch.Generator | None, refine_steps: int = -1, noise: bool = True
+    ) -> torch.Tensor:
         """x̂ = g(z), z ~ N(0, I_k), then ``refine_steps`` revision steps under the EBM
-        (-1: ``langevin_steps``, as in training; 0: the generator alone)."""
+        (-1: ``langevin_steps``, as in training; 0: the generator alone, g(z) + σε, or g(z)
+        without ``noise``)."""
         if refine_steps < -1:
             raise ValueError(f"refine_steps must be >= 0, or -1 for langevin_steps; got {refine_steps}")
         g = _generator(generator, self.device)
         x_hat = self.generator_net(self.latent(n, g))
         steps = self.config.langevin_steps if refine_steps == -1 else refine_steps
         if steps == 0:
-            return x_hat
+            if not noise:
+                return x_hat
+            eps = torch.randn(x_hat.shape, generator=g, device=self.device, dtype=x_hat.dtype)
+            return x_hat + self.g_sigma.to(x_hat.dtype) * eps
         return self.revise(x_hat, g, steps)[0]
 
     def _log_prob(self, u: torch.Tensor, model: str = "ebm") -> LogDensity:
@@ -388,6 +467,9 @@ def _validate(c: CoopConfig) -> None:
         (c.step_size > 0, f"step_size must be positive, got {c.step_size}"),
         (c.kernel in ("langevin", "mala"), f"unknown kernel {c.kernel!r}; choose one of: langevin, mala"),
         (c.g_lr_ratio > 0, f"g_lr_ratio must be positive, got {c.g_lr_ratio}"),
+        (0.0 <= c.target_accept < 1.0, f"target_accept must be in [0, 1), got {c.target_accept}"),
+        (c.buffer_chains >= 0, f"buffer_chains must be >= 0, got {c.buffer_chains}"),
+        (c.buffer_size >= 1, f"buffer_size must be >= 1, got {c.buffer_size}"),
         (c.z_steps >= 1, f"z_steps must be >= 1, got {c.z_steps}"),
         (c.z_step_size > 0, f"z_step_size must be positive, got {c.z_step_size}"),
         (c.sigma > 0, f"sigma must be positive, got {c.sigma}"),

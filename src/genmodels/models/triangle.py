@@ -60,7 +60,17 @@ The generator's noise σ is fixed (``decoder_std``), as in the paper.
 CPU core): the EBM's KL to the truth (quadrature, exact) fell from 1.41 nats (the fitted
 Gaussian it starts as) to 0.43 ± 0.01, where it had already been at 600 steps (the energy
 penalty's bias, see ``energy_reg``); the generator's counting KL (50 × 50 grid, 20 000 draws;
-null bias 0.06) fell from 4.6 to 0.60, its IWAE-bound KL (k = 100) to ≤ 0.55.
+null bias 0.06) fell from 4.6 to 0.60, its IWAE-bound KL (k = 100) to ≤ 0.55. On rings (same
+settings) the EBM went from 0.95 to only 0.86 and the generator reached 0.80.
+
+**Why the EBM stalls** (measured, see the options ``negative_steps``, ``negative_restart``,
+``energy_reg_decay``): the α-step's gradient E_data ∇f − E_{p_θ} ∇f lives only where the data
+or the generator put mass, and log Z cancels from Δ, so nothing in the objective holds π_α's
+mass down elsewhere; the generator's KL(P‖Π) is mode-seeking and never sees it. Without the
+penalty the EBM's KL grew (mass where no sample goes, at a small energy gap) or the game ran
+away; MCMC-refined negatives, with or without restarts from q, and a fading penalty did not
+beat the constant penalty on both 8gaussians and rings, nor did a slower EBM (``ebm_lr_mult``
+0.2 with λ = 0.02: 1.08 and 0.92 at 1200 steps).
 
 **Densities.** ``log_prob(x)`` (no options) is the EBM's, log π_α(x), kind "exact" in 2-D
 (quadrature) and "estimate" (AIS) otherwise: the better defined of the two, since the
@@ -139,10 +149,28 @@ class TriangleConfig(ModelConfig):
     f = (q_data − p_θ)/(2λ(q_data + p_θ)), which tends to 0 (π → the reference q) as the
     generator fits the data, so it bounds how far π improves; 0.03 gave EBM KL 0.71, 0.1 gave
     0.42 (1000 steps)"""
+    energy_reg_decay: Literal["none", "lr"] = "none"
+    """"lr": the energy penalty's weight follows the learning-rate schedule, λ_t = λ · lr_t / lr
+    (with the default cosine schedule it fades to 0 by the last step, removing its bias while
+    the EBM's steps are already small); "none": λ throughout. Not a default: without the penalty
+    the EBM's mass escapes to where neither the data nor the generator go (the α-step has no
+    gradient there, the energy gap stays small): 2000 steps gave EBM KL 1.69 on 8gaussians and
+    15.6 on rings (constant λ: 0.43 and 0.86)"""
     gap_reg: float = 0.0
     """weight γ of the penalty γ·(mean f(x) − mean f(x̃))² on the EBM step (as the EBM family's
     ``gap_reg``): zero in expectation once the generator fits, it caps how fast the energy
     runs away from a generator that lags behind"""
+    negative_steps: int = 0
+    """MCMC steps of the EBM's kernel (MALA, step size adapted to its target acceptance) on π̃_α
+    applied to the generator's draws before they serve as the EBM's negative samples (the
+    tutorial's CD, §3 [C], started at p_θ); 0: the draws themselves (the paper's α-step). Not a
+    default: with energy_reg = 0 and 5 steps, 8gaussians (2000 steps) ended at EBM KL 1.43
+    (generator 0.39), no better than the untrained 1.41"""
+    negative_restart: float = 0.0
+    """fraction of the EBM's negative chains started at draws of its reference q instead of the
+    generator's draws (then refined by the same ``negative_steps``): they explore the EBM's mass
+    where the generator never goes. With energy_reg = 0, 10 steps and 0.25 (1500 steps): EBM KL
+    0.41 on 8gaussians but a runaway on rings (682 nats, energy gap 135)"""
     grid_size: int = 400
     """cells per axis of the EBM's quadrature grid for log Z in 1-D and 2-D"""
 
@@ -256,13 +284,14 @@ class Triangle(Model):
         """−log π̃_α(u) per data point (n,): its mean is KL(Q‖Π) + H(q_data) − log Z(α)."""
         return -self.log_pi_tilde(u)
 
-    def ebm_loss(self, u: torch.Tensor, x_gen: torch.Tensor) -> torch.Tensor:
+    def ebm_loss(self, u: torch.Tensor, x_gen: torch.Tensor, energy_reg: float | None = None) -> torch.Tensor:
         """mean f_α(x̃) − mean f_α(u) (+ the optional energy and gap penalties), minimised over α: the α part
         of −Δ, contrastive divergence with the generator's draws x̃ as negative samples."""
         f_data, f_gen = self.ebm.f(u), self.ebm.f(x_gen.detach())
         loss = f_gen.mean() - f_data.mean()
-        if self.config.energy_reg > 0:
-            loss = loss + self.config.energy_reg * ((f_data**2).mean() + (f_gen**2).mean())
+        lam = self.config.energy_reg if energy_reg is None else energy_reg
+        if lam > 0:
+            loss = loss + lam * ((f_data**2).mean() + (f_gen**2).mean())
         if self.config.gap_reg > 0:
             loss = loss + self.config.gap_reg * (f_data.mean() - f_gen.mean()) ** 2
         return loss
@@ -301,6 +330,7 @@ class Triangle(Model):
                 params.append(self.vae.decoder_log_std)
             self._optimizers[name] = torch.optim.Adam(params, lr=lr * self._mult(name), betas=betas)
         self._lr_set = {name: lr * self._mult(name) for name in groups}
+        self._base_lr = lr
         return self._optimizers
 
     def _mult(self, name: str) -> float:
@@ -331,8 +361,12 @@ class Triangle(Model):
         u = self.normalize(batch)
         z, x_gen = self.generate(u.shape[0], generator)
         # (1) α: maximise Δ, i.e. minimise E_P f − E_data f
+        negatives = self.refine_negatives(x_gen, generator)
         opts["ebm"].zero_grad(set_to_none=True)
-        ebm_loss = self.ebm_loss(u, x_gen)
+        lam = self.config.energy_reg
+        if self.config.energy_reg_decay == "lr":
+            lam = lam * self._lr_set["ebm"] / (self._base_lr * self.config.ebm_lr_mult)
+        ebm_loss = self.ebm_loss(u, negatives, lam)
         _check(ebm_loss, "ebm")
         ebm_loss.backward()
         opts["ebm"].step()
@@ -366,6 +400,21 @@ class Triangle(Model):
             "energy_gap": float(f_data - f_gen),
             "decoder_std": float(torch.exp(_soft_clamp(self.vae.decoder_log_std.detach())).mean()),
         }
+
+    def refine_negatives(self, x_gen: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """The EBM's negative samples: the generator's draws after ``negative_steps`` steps of the
+        EBM's kernel on π̃_α (:meth:`EBM.run_chains`), its step size adapted as in the EBM's CD."""
+        k = self.config.negative_steps
+        if k == 0:
+            return x_gen.detach()
+        start = x_gen.detach()
+        m = round(self.config.negative_restart * start.shape[0])
+        if m > 0:
+            start = torch.cat([start[m:], self.ebm.sample_q(m, generator)])
+        eps = self.ebm.mcmc_step_size.to(x_gen.dtype)
+        neg, acc, _ = self.ebm.run_chains(start, k, generator, float(eps))
+        self.ebm.mcmc_step_size.copy_(self.ebm._adapted(eps, acc.mean()))
+        return neg
 
     # -- sampling and densities ---------------------------------------------------------
     def _sample(
@@ -445,8 +494,14 @@ def _validate(c: TriangleConfig) -> None:
         ),
         (0.0 <= c.beta1 < 1.0, f"beta1 must be in [0, 1), got {c.beta1}"),
         (c.energy_reg >= 0, f"energy_reg must be >= 0, got {c.energy_reg}"),
+        (
+            c.energy_reg_decay in ("none", "lr"),
+            f"unknown energy_reg_decay {c.energy_reg_decay!r}; choose one of: none, lr",
+        ),
         (c.gap_reg >= 0, f"gap_reg must be >= 0, got {c.gap_reg}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+        (c.negative_steps >= 0, f"negative_steps must be >= 0, got {c.negative_steps}"),
+        (0.0 <= c.negative_restart <= 1.0, f"negative_restart must be in [0, 1], got {c.negative_restart}"),
     ]
     for name in ("ebm_lr_mult", "generator_lr_mult", "inference_lr_mult"):
         v = getattr(c, name)
