@@ -5,6 +5,7 @@ KL to the truth of both the EBM and the generator, and the contract bits."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -215,6 +216,49 @@ def test_energy_reg_decay_follows_the_lr() -> None:
     )
 
 
+def _prepared(options: dict) -> tuple[Triangle, torch.Tensor]:
+    small = {"hidden": 16, "ebm_hidden": 16, "grid_size": 16, "buffer_size": 300, **options}
+    model = build_model("triangle", 2, small)
+    x = get_target("8gaussians").sample(128, generator=torch.Generator().manual_seed(0))
+    model.prepare(x, torch.Generator().manual_seed(0))
+    with torch.no_grad():  # a non-zero energy, so that f differs between the point sets
+        for p in model.ebm.f_net[-1].parameters():
+            p.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(3))
+    return model, model.normalize(x)
+
+
+def test_buffer_chains_pool_the_negatives() -> None:
+    """buffer_chains = 0: the EBM's loss is exactly mean f(x̃) − mean f(u) (the generator's draws are the
+    only negatives) and there is no buffer. buffer_chains = m > 0: the loss is the pooled
+    (b·[mean f(x̃) − mean f(u)] + m·L_buffer) / (b + m) with L_buffer the EBM family's persistent-chain
+    loss on u[:m] from the same random state, the buffer advances (at most m chains move, and some do),
+    and the step size that refine_negatives uses is left alone."""
+    model, u = _prepared({"buffer_chains": 0})
+    _, x = model.generate(128, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        plain = model.ebm.f(x).mean() - model.ebm.f(u).mean()
+    assert model.ebm.chains.numel() == 0
+    torch.testing.assert_close(model.ebm_loss(u, x, 0.0, torch.Generator().manual_seed(2)), plain)
+
+    model, u = _prepared({"buffer_chains": 64})
+    _, x = model.generate(128, torch.Generator().manual_seed(1))
+    twin = copy.deepcopy(model)
+    before = model.ebm.chains.clone()
+    model.ebm.mcmc_step_size.fill_(0.123)
+    loss = model.ebm_loss(u, x, 0.0, torch.Generator().manual_seed(2))
+    buffer_loss = twin.ebm._ml_loss(u[:64], torch.Generator().manual_seed(2))["loss"]
+    with torch.no_grad():
+        plain = model.ebm.f(x).mean() - model.ebm.f(u).mean()
+    torch.testing.assert_close(loss, (128 * plain + 64 * buffer_loss) / 192)
+    assert abs(float(loss.detach() - plain)) > 1e-3  # the buffer's term is not a no-op here
+    moved = (model.ebm.chains != before).any(-1).sum()
+    assert 0 < int(moved) <= 64, int(moved)
+    assert float(model.ebm.mcmc_step_size) == 0.123
+    model.configure_optimizers(1e-3)
+    logs = model.step(get_target("8gaussians").sample(128, generator=torch.Generator().manual_seed(4)))
+    assert math.isfinite(logs["ebm_loss"])
+
+
 def test_short_run_lowers_both_kls_on_8gaussians() -> None:
     """600 steps: the EBM's KL (quadrature log π, exact) and the generator's counting KL (its draws on
     a 50 × 50 grid) both fall well below the untrained model's (EBM: the fitted Gaussian, 1.41;
@@ -261,6 +305,8 @@ def test_checkpoint_round_trip_and_logs(tmp_path) -> None:
         ({"negative_steps": -1}, "negative_steps"),
         ({"negative_restart": 1.5}, "negative_restart"),
         ({"energy_reg_decay": "cosine"}, "energy_reg_decay"),
+        ({"buffer_chains": -1}, "buffer_chains"),
+        ({"buffer_steps": 0}, "buffer_steps"),
         ({"nope": 1}, "unknown option"),
     ],
 )

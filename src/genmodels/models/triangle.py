@@ -72,6 +72,14 @@ away; MCMC-refined negatives, with or without restarts from q, and a fading pena
 beat the constant penalty on both 8gaussians and rings, nor did a slower EBM (``ebm_lr_mult``
 0.2 with λ = 0.02: 1.08 and 0.92 at 1200 steps).
 
+**Persistent chains** (``buffer_chains``, as in the ``coop`` family, where they took its EBM
+from 0.45 to 0.09 on 8gaussians): the EBM's negatives pooled over the generator's draws and
+the ``ebm`` family's parallel-tempered replay buffer, which does visit the stray mass. Here
+they helped the rings' EBM a lot (0.86 → 0.48 at λ = 0.1, 0.57 at λ = 0.03) but 8gaussians'
+only with the penalty nearly gone (λ = 0: 0.19, generator 0.30), which breaks the rings (EBM
+1.84): the penalty's bias toward q, not missing negatives, is what holds 8gaussians' EBM at
+0.43. Off by default; the option's docstring has the table.
+
 **Densities.** ``log_prob(x)`` (no options) is the EBM's, log π_α(x), kind "exact" in 2-D
 (quadrature) and "estimate" (AIS) otherwise: the better defined of the two, since the
 generator's marginal p_θ(x) = ∫ p(z) p_θ(x|z) dz has only bounds. ``model="generator"`` gives
@@ -171,6 +179,24 @@ class TriangleConfig(ModelConfig):
     generator's draws (then refined by the same ``negative_steps``): they explore the EBM's mass
     where the generator never goes. With energy_reg = 0, 10 steps and 0.25 (1500 steps): EBM KL
     0.41 on 8gaussians but a runaway on rings (682 nats, energy gap 135)"""
+    buffer_chains: int = 0
+    """persistent chains of π_α advanced per step (the ``ebm`` family's replay buffer with
+    parallel tempering, :meth:`EBM._ml_loss`, as the ``coop`` family's option of the same name)
+    whose states join the generator's draws as the EBM's negatives, the expectation under π
+    pooled over both; they reach the EBM's mass where neither the data nor the generator go.
+    0: the generator's draws alone (the paper's α-step). Not a default (2000 steps, seed 0, EBM
+    KL / generator counting KL; without: 8gaussians 0.43 / 0.63, rings 0.86 / 0.80): with 256
+    chains and energy_reg 0.1, 0.45 / 0.72 and 0.48 / 0.85; with energy_reg 0.03, 0.42 / 0.52
+    and 0.57 / 0.86 (seed 1: 0.42 / 0.53 against 0.43 / 0.67, rings 0.59 / 0.88 against
+    0.81 / 0.80); with 0.01, 0.46 / 0.40
+    and 0.69 / 0.88; with 0, 0.19 / 0.30 and 1.84 / 0.84. The rings' EBM gains at every λ,
+    8gaussians' only once λ ≤ 0.003, where the rings' EBM grows sharp spurious mass; the rings'
+    generator always lost a little; about 2.7 times the time per step"""
+    buffer_size: int = 2000
+    """chains in the persistent buffer (buffer_chains > 0)"""
+    buffer_steps: int = 10
+    """MCMC steps of the persistent chains per training step (buffer_chains > 0; with the EBM's
+    4 temperatures each replica takes buffer_steps // 4)"""
     grid_size: int = 400
     """cells per axis of the EBM's quadrature grid for log Z in 1-D and 2-D"""
 
@@ -227,7 +253,10 @@ class Triangle(Model):
         self.ebm = EBM(
             dim,
             EBMConfig(
-                method="cd",
+                method="mle" if c.buffer_chains else "cd",
+                chains="persistent",
+                buffer_size=c.buffer_size,
+                mcmc_steps=c.buffer_steps,
                 hidden=c.ebm_hidden,
                 depth=c.ebm_depth,
                 activation=c.activation,
@@ -284,11 +313,32 @@ class Triangle(Model):
         """−log π̃_α(u) per data point (n,): its mean is KL(Q‖Π) + H(q_data) − log Z(α)."""
         return -self.log_pi_tilde(u)
 
-    def ebm_loss(self, u: torch.Tensor, x_gen: torch.Tensor, energy_reg: float | None = None) -> torch.Tensor:
+    def ebm_loss(
+        self,
+        u: torch.Tensor,
+        x_gen: torch.Tensor,
+        energy_reg: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """mean f_α(x̃) − mean f_α(u) (+ the optional energy and gap penalties), minimised over α: the α part
-        of −Δ, contrastive divergence with the generator's draws x̃ as negative samples."""
+        of −Δ, contrastive divergence with the generator's draws x̃ as negative samples.
+
+        With ``buffer_chains`` = m > 0 the expectation under π is pooled over the b draws x̃ and m
+        states of the EBM's persistent chains, advanced here by one call of :meth:`EBM._ml_loss`
+        on the first m data points (as the ``coop`` family does): the contrastive term becomes
+        (b·[mean f(x̃) − mean f(u)] + m·[mean f(chains) − mean f(u[:m])]) / (b + m). The penalties
+        stay on the data and x̃."""
         f_data, f_gen = self.ebm.f(u), self.ebm.f(x_gen.detach())
         loss = f_gen.mean() - f_data.mean()
+        if self.config.buffer_chains:
+            b, m = x_gen.shape[0], min(self.config.buffer_chains, u.shape[0])
+            if generator is None:  # the kernels draw only from an explicit generator
+                seed = int(torch.randint(2**62, ()))
+                generator = torch.Generator(device=self.device).manual_seed(seed)
+            eps = self.ebm.mcmc_step_size.clone()  # _ml_loss sets it to its chains' median
+            persistent = self.ebm._ml_loss(u[:m].detach(), generator)
+            self.ebm.mcmc_step_size.copy_(eps)
+            loss = (b * loss + m * persistent["loss"]) / (b + m)
         lam = self.config.energy_reg if energy_reg is None else energy_reg
         if lam > 0:
             loss = loss + lam * ((f_data**2).mean() + (f_gen**2).mean())
@@ -366,7 +416,7 @@ class Triangle(Model):
         lam = self.config.energy_reg
         if self.config.energy_reg_decay == "lr":
             lam = lam * self._lr_set["ebm"] / (self._base_lr * self.config.ebm_lr_mult)
-        ebm_loss = self.ebm_loss(u, negatives, lam)
+        ebm_loss = self.ebm_loss(u, negatives, lam, generator)
         _check(ebm_loss, "ebm")
         ebm_loss.backward()
         opts["ebm"].step()
@@ -500,6 +550,9 @@ def _validate(c: TriangleConfig) -> None:
         ),
         (c.gap_reg >= 0, f"gap_reg must be >= 0, got {c.gap_reg}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+        (c.buffer_chains >= 0, f"buffer_chains must be >= 0, got {c.buffer_chains}"),
+        (c.buffer_size >= 1, f"buffer_size must be >= 1, got {c.buffer_size}"),
+        (c.buffer_steps >= 1, f"buffer_steps must be >= 1, got {c.buffer_steps}"),
         (c.negative_steps >= 0, f"negative_steps must be >= 0, got {c.negative_steps}"),
         (0.0 <= c.negative_restart <= 1.0, f"negative_restart must be in [0, 1], got {c.negative_restart}"),
     ]
