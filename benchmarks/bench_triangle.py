@@ -29,9 +29,9 @@ Scores (``genmodels.evaluate``), per model:
 - a **generator** (triangle's, CoopNets', the VAE's decoder, the GAN's): the counting KL of
   20,000 draws on a 50 × 50 grid (kind ``estimate``, with its floor, the score of a perfect
   sampler, ``kl_null_bias``); modes / HQ % on the first 2,500 draws. The triangle's and the
-  VAE's generator draw x = g(z) + σ ε; CoopNets' draws its mean g(z) (its sampler's default,
-  without the Langevin revision); the VAE's row also carries its importance-weighted KL upper
-  bound (``kl_bound``).
+  VAE's generator draw x = g(z) + σ ε; so does CoopNets' (``refine_steps=0``: its generator
+  alone with its learned σ, without the Langevin revision); the VAE's row also carries its
+  importance-weighted KL upper bound (``kl_bound``).
 
 Bars (issue 8): the triangle's EBM at least as close to the truth as the EBM alone, and the
 triangle's generator at least as close as the VAE's and the GAN's generators alone, each with

@@ -67,6 +67,46 @@ def test_time_mlp_zero_last() -> None:
     assert torch.equal(net(torch.randn(4, 3), torch.randn(4)), torch.zeros(4, 3))
 
 
+@pytest.mark.parametrize("conditioning", ["add", "film", "input"])
+@pytest.mark.parametrize("fourier", [0, 3])
+def test_time_mlp_conditionings_depend_on_c_and_get_gradients(conditioning: str, fourier: int) -> None:
+    torch.manual_seed(0)
+    net = TimeMLP(2, hidden=16, depth=2, emb_dim=8, conditioning=conditioning, fourier=fourier)
+    x, c = torch.randn(6, 2), 10 * torch.rand(6)
+    y = net(x, c)
+    assert y.shape == (6, 2)
+    assert not torch.allclose(net(x, c + 1.0), y)
+    if conditioning == "film":  # the scales start at zero: no gradient through them yet is fine
+        y = y + sum(lin.weight.sum() + lin.bias.sum() for lin in net.time_scale)
+    _assert_all_grads(net, (y if conditioning == "film" else net(x, c)).square().sum())
+
+
+def test_time_mlp_film_starts_as_the_additive_network_and_input_is_smaller() -> None:
+    x, c = torch.randn(7, 2), 10 * torch.rand(7)
+    torch.manual_seed(1)
+    add = TimeMLP(2, hidden=16, depth=2, emb_dim=8)
+    torch.manual_seed(1)
+    film = TimeMLP(2, hidden=16, depth=2, emb_dim=8, conditioning="film")
+    assert torch.allclose(film(x, c), add(x, c))
+    n_add = sum(p.numel() for p in add.parameters())
+    n_input = sum(
+        p.numel() for p in TimeMLP(2, hidden=16, depth=2, emb_dim=8, conditioning="input").parameters()
+    )
+    # input: (2 + 8)·16 + 16 + 16·16 + 16 + 16·2 + 2, no embedding MLP and no projections
+    assert n_input == (2 + 8) * 16 + 16 + 16 * 16 + 16 + 16 * 2 + 2 < n_add
+
+
+def test_time_mlp_fourier_features_resolve_what_x_alone_cannot() -> None:
+    # With K octaves the first layer sees sin(2^k π x): two inputs 2 apart (one period of
+    # the lowest octave) differ only through x itself; 1/2^K apart through the top octave.
+    net = TimeMLP(1, hidden=8, depth=1, emb_dim=4, fourier=4)
+    assert net.layers[0].in_features == 1 * (1 + 2 * 4)
+    with pytest.raises(ValueError, match="fourier"):
+        TimeMLP(1, fourier=-1)
+    with pytest.raises(ValueError, match="conditioning"):
+        TimeMLP(1, conditioning="concat")
+
+
 # --- UNet ------------------------------------------------------------------------------------
 
 

@@ -360,7 +360,8 @@ def restore_model(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> M
     """Rebuild a model from a checkpoint record and its tensors (no code is executed)."""
     try:
         family = get_family(str(record["family"]))
-        config = make_config(family, dict(record["model_config"]))
+        saved = dict(record["model_config"])
+        config = make_config(family, {**family.options_before, **saved})
         dim = int(record["data"]["dim"])
     except (KeyError, TypeError, ValueError) as err:
         raise ckpt.CheckpointError(f"checkpoint record is inconsistent: {err}") from None

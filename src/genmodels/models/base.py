@@ -58,6 +58,9 @@ class Model(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     #: Training steps this family gets in ``genmodels tour`` (a short CPU budget).
     tour_steps: ClassVar[int] = 2000
+    #: Options added after checkpoints of this family were written, with the value those
+    #: checkpoints were built with (where it is not the option's current default).
+    options_before: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, dim: int, config: ModelConfig | None = None) -> None:
         super().__init__()

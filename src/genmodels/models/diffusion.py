@@ -113,6 +113,11 @@ class DiffusionConfig(ModelConfig):
     """hidden layers of the MLP"""
     emb_dim: int = 64
     """width of the sinusoidal time embedding"""
+    conditioning: Literal["add", "film", "input"] = "add"
+    """MLP: how the noise level enters: added to every layer (add), also scaling every unit
+    (film), or concatenated to the input only (input)"""
+    fourier: int = 0
+    """MLP: octaves K of a positional encoding [x, sin(2^k π x), cos(2^k π x)] of the input"""
     ema: float = 0.999
     """decay of the exponential moving average of the weights used to sample (0: off)"""
 
@@ -206,7 +211,14 @@ class Diffusion(Model):
                 base=max(8, c.hidden // 8), image_shape=(1, side, side), emb_dim=c.emb_dim
             )
         else:
-            self.net = TimeMLP(dim, hidden=c.hidden, depth=c.depth, emb_dim=c.emb_dim)
+            self.net = TimeMLP(
+                dim,
+                hidden=c.hidden,
+                depth=c.depth,
+                emb_dim=c.emb_dim,
+                conditioning=c.conditioning,
+                fourier=c.fourier,
+            )
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         #: VE's σ_max (set from the data by ``prepare`` when the option is 0)
         self.register_buffer("ve_sigma_max", torch.tensor(float(c.sigma_max or 50.0), dtype=torch.float64))

@@ -78,10 +78,14 @@ class FlowMatchingConfig(ModelConfig):
     """width of the velocity MLP"""
     depth: int = 3
     """hidden layers of the velocity MLP"""
-    emb_dim: int = 64
-    """width of the sinusoidal time embedding"""
+    emb_dim: int = 16
+    """width of the sinusoidal time embedding (t is one number: 16 features resolve it; the
+    embedding is the input layer's main cost with conditioning=input)"""
     activation: Activation = "silu"
     """nonlinearity of the velocity MLP"""
+    conditioning: Literal["add", "film", "input"] = "input"
+    """how t enters the MLP: added to every layer (add), also scaling every unit (film), or
+    concatenated to the input only (input: a third of the work, torchcfm's network)"""
     reflow: int = 0
     """rounds of rectified flow (Liu et al. 2023); 0: plain flow matching"""
     reflow_every: int = 6000
@@ -140,13 +144,22 @@ class FlowMatching(Model):
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 12_000, "lr": 2e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 2000
+    #: checkpoints from before ``conditioning`` existed used the additive network
+    options_before: ClassVar[dict[str, Any]] = {"conditioning": "add"}
     config: FlowMatchingConfig
 
     def __init__(self, dim: int, config: FlowMatchingConfig | None = None) -> None:
         super().__init__(dim, config)
         c = self.config
         _validate(c)
-        self.net = TimeMLP(dim, hidden=c.hidden, depth=c.depth, emb_dim=c.emb_dim, activation=c.activation)
+        self.net = TimeMLP(
+            dim,
+            hidden=c.hidden,
+            depth=c.depth,
+            emb_dim=c.emb_dim,
+            activation=c.activation,
+            conditioning=c.conditioning,
+        )
         # training state of the reflow rounds (buffers, so that a checkpoint resumes them)
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("reflow_done", torch.zeros((), dtype=torch.long))
