@@ -41,6 +41,7 @@ METHODS: dict[str, dict[str, str]] = {
     "mle": {"method": "mle"},
     "mle-untempered": {"method": "mle", "temperatures": 1},
     "mle-short-run": {"method": "mle", "chains": "short-run"},
+    "mle-flow": {"method": "mle", "reference": "flow"},
     "cd": {"method": "cd"},
     "nce": {"method": "nce"},
     "nce-flow": {"method": "nce", "reference": "flow"},
