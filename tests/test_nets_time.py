@@ -96,11 +96,17 @@ def test_time_mlp_film_starts_as_the_additive_network_and_input_is_smaller() -> 
     assert n_input == (2 + 8) * 16 + 16 + 16 * 16 + 16 + 16 * 2 + 2 < n_add
 
 
-def test_time_mlp_fourier_features_resolve_what_x_alone_cannot() -> None:
-    # With K octaves the first layer sees sin(2^k π x): two inputs 2 apart (one period of
-    # the lowest octave) differ only through x itself; 1/2^K apart through the top octave.
+def test_time_mlp_fourier_features_feed_sin_cos_of_each_octave() -> None:
+    # the first layer sees [x, sin(2^k π x), cos(2^k π x)]: x = 0 and x = 2 (one period of
+    # every octave) differ only through x itself, so zeroing x's column makes them equal
     net = TimeMLP(1, hidden=8, depth=1, emb_dim=4, fourier=4)
     assert net.layers[0].in_features == 1 * (1 + 2 * 4)
+    with torch.no_grad():
+        net.layers[0].weight[:, 0] = 0.0
+    c = torch.zeros(2)
+    y = net(torch.tensor([[0.0], [2.0]]), c)
+    torch.testing.assert_close(y[0], y[1], atol=1e-5, rtol=0)
+    assert not torch.allclose(net(torch.tensor([[0.0], [0.5]]), c)[1], y[0])  # half a period
     with pytest.raises(ValueError, match="fourier"):
         TimeMLP(1, fourier=-1)
     with pytest.raises(ValueError, match="conditioning"):
