@@ -62,6 +62,7 @@ from genmodels.figures.common import (
     render,
     write_gif,
 )
+from genmodels.figures.equilibrium import kde_on_grid as kde  # the binned KDE on a uniform grid
 from genmodels.ode import solve_ode
 
 __all__ = [
@@ -119,30 +120,6 @@ def probability_flow(
 
     with torch.no_grad():
         return solve_ode(velocity, x.to(_F64), t0, t1, rtol=rtol, atol=atol).x
-
-
-def kde(points: torch.Tensor, xs: torch.Tensor, bandwidth: float) -> torch.Tensor:
-    """p̂(x) = (1/n) Σ_i N(x; x_i, h²) on the uniform grid ``xs``, by linear binning.
-
-    Each point's unit mass is split between its two neighbouring grid nodes in proportion to
-    proximity (Wand & Jones 1995, "Kernel Smoothing", App. D), and the binned masses are
-    convolved with the Gaussian kernel sampled on the grid. The error against the direct sum
-    is O((Δx/h)²) relative (≈ 1e-3 at the defaults); points off the grid are dropped.
-    """
-    p = points.reshape(-1).to(_F64)
-    dx = float(xs[1] - xs[0])
-    pos = (p - float(xs[0])) / dx
-    i = pos.floor().long()
-    frac = pos - i
-    keep = (i >= 0) & (i < xs.numel() - 1)
-    mass = torch.zeros(xs.numel(), dtype=_F64)
-    mass.index_add_(0, i[keep], 1.0 - frac[keep])
-    mass.index_add_(0, i[keep] + 1, frac[keep])
-    half = math.ceil(6.0 * bandwidth / dx)
-    offsets = torch.arange(-half, half + 1, dtype=_F64) * dx
-    kernel = torch.exp(-0.5 * (offsets / bandwidth) ** 2) / (bandwidth * math.sqrt(2.0 * math.pi))
-    dens = torch.nn.functional.conv1d(mass[None, None], kernel.flip(0)[None, None], padding=half)
-    return dens.reshape(-1) / p.numel()
 
 
 def _density(mix: GaussianMixture, xs: torch.Tensor) -> torch.Tensor:
