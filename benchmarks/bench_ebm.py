@@ -42,6 +42,7 @@ METHODS: dict[str, dict[str, str]] = {
     "mle-untempered": {"method": "mle", "temperatures": 1},
     "mle-short-run": {"method": "mle", "chains": "short-run"},
     "mle-flow": {"method": "mle", "reference": "flow"},
+    "mle-floor": {"method": "mle", "energy_floor": 20.0},
     "cd": {"method": "cd"},
     "nce": {"method": "nce"},
     "nce-flow": {"method": "nce", "reference": "flow"},

@@ -239,12 +239,13 @@ def test_a_nan_energy_restores_the_last_good_state_and_says_so(capsys):
     assert "restored the last good state" in capsys.readouterr().err
     state = model.state_dict()
     for k, v in snapshot.items():
-        if k not in ("lr_factor", "mcmc_step_size", "chain_step", "recoveries"):
+        if k not in ("lr_factor", "mcmc_step_size", "chain_step", "hot_step", "recoveries"):
             assert torch.equal(state[k], v), k
     assert any(not torch.equal(before[k], snapshot[k]) for k in snapshot)  # it went back in time
     assert float(model.lr_factor) == 0.5
     assert float(model.mcmc_step_size) == pytest.approx(float(snapshot["mcmc_step_size"]) / 2)
     assert torch.allclose(model.chain_step, snapshot["chain_step"] / 2)
+    assert torch.allclose(model.hot_step, snapshot["hot_step"] / 2)
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
@@ -409,3 +410,42 @@ def test_tempering_shares_the_chain_budget(monkeypatch, temperatures, mcmc_steps
     model.step(x, torch.Generator().manual_seed(2))
     assert len(calls) == expected
     assert all(n == temperatures * batch for n in calls)  # every replica of every chain moves
+
+
+def test_hot_replicas_adapt_their_own_step_sizes():
+    # A Gaussian energy of width 0.05: the replica at β = 0.01 samples exp(β f̃) N(0, I), of
+    # width ≈ 0.45, so its adapted MALA step must end far larger than the cold chains' (step
+    # sizes scale with the variance; one shared step size freezes the hot replicas).
+    model = _prepared(
+        EBMConfig(method="mle", energy="quadratic", mcmc_steps=8, buffer_size=64, temperatures=4)
+    )
+    with torch.no_grad():
+        model.f_net.raw.copy_(400.0 * torch.eye(2))
+    x = torch.zeros(64, 2) + model.shift
+    g = torch.Generator().manual_seed(2)
+    for _ in range(150):
+        model.step(x, g)
+    assert model.hot_step.shape == (3, 64)
+    assert float(model.hot_step[0].median()) > 10 * float(model.chain_step.median())
+
+
+def test_checkpoints_from_before_per_replica_steps_still_load():
+    model = _prepared(EBMConfig(method="mle", hidden=16, depth=1, mcmc_steps=2, buffer_size=32))
+    state = {k: v for k, v in model.state_dict().items() if k != "hot_step"}
+    fresh = EBM(2, EBMConfig(method="mle", hidden=16, depth=1, mcmc_steps=2, buffer_size=32))
+    fresh.load_state_dict(state, strict=True)
+    assert torch.equal(fresh.hot_step, model.chain_step.expand(3, 32))
+
+
+def test_the_energy_floor_bounds_f_below_and_leaves_it_alone_above():
+    model = EBM(2, EBMConfig(method="mle", energy="quadratic", energy_floor=20.0, buffer_size=8))
+    with torch.no_grad():
+        model.f_net.raw.copy_(100.0 * torch.eye(2))
+    u = torch.tensor([[0.0, 0.0], [0.1, 0.0], [2.0, 2.0], [5.0, 0.0]])
+    g = model.f_net(u).squeeze(-1)  # 0, −0.5, −400, −1250
+    f = model.f(u)
+    assert torch.allclose(f[:2], g[:2], atol=1e-6)  # far above the floor: f = g
+    assert torch.allclose(f[2:], torch.full((2,), -20.0))  # far below: the floor
+    assert bool((f >= -20.0).all())
+    with pytest.raises(ValueError, match="energy_floor"):
+        EBM(2, EBMConfig(energy_floor=-1.0))

@@ -136,6 +136,11 @@ class EBMConfig(ModelConfig):
     """weight γ of the penalty γ·(mean f(x) − mean f(x̃))²: zero in expectation where the model
     fits (there E_data f = E_model f), it stops the energy from running away from chains that
     cannot follow"""
+    energy_floor: float = 0.0
+    """F > 0: f = −F + softplus(g + F), a smooth floor F nats below f's starting level, with g the
+    network. Where the model has next to no mass f is flat, so persistent chains stuck there
+    diffuse out instead of being pushed deeper (the runaway of sharp targets); the mass the
+    floor adds is ≤ e^{−F} of q's. 0 = no floor"""
     grid_size: int = 400
     """cells per axis of the quadrature grid for log Z in 1-D and 2-D"""
     max_energy_gap: float = 1e4
@@ -218,6 +223,9 @@ class EBM(Model):
         self.register_buffer("chain_step", torch.full((size,), float(c.step_size)))
         hot = c.temperatures - 1 if size else 0
         self.register_buffer("hot_chains", torch.zeros(hot, size, dim))
+        # Each hot replica adapts its own step size: a hot density exp(β f̃) N(0, I) is far wider
+        # than the cold one, so the cold chain's step would freeze it (and tempering with it).
+        self.register_buffer("hot_step", torch.full((hot, size), float(c.step_size)))
         # Adapted MCMC step size, learning-rate factor and restarts: all checkpointed.
         self.register_buffer("mcmc_step_size", torch.tensor(float(c.step_size), dtype=torch.float64))
         self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64))
@@ -228,10 +236,22 @@ class EBM(Model):
         self._healthy_steps = 0
         self._logz_cache: tuple[tuple, Any] | None = None
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
+        # Checkpoints from before per-replica step sizes: the hot replicas start from the cold
+        # chains' step sizes and adapt from there.
+        key = prefix + "hot_step"
+        if key not in state_dict and prefix + "chain_step" in state_dict:
+            state_dict[key] = state_dict[prefix + "chain_step"].expand_as(self.hot_step).clone()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # -- the density ------------------------------------------------------------------
     def f(self, u: torch.Tensor) -> torch.Tensor:
         """The negative energy f_θ(u), shape (n,)."""
-        return self.f_net(u).squeeze(-1)
+        g = self.f_net(u).squeeze(-1)
+        floor = self.config.energy_floor
+        if floor > 0:
+            return torch.nn.functional.softplus(g + floor) - floor
+        return g
 
     def _log_gaussian(self, u: torch.Tensor) -> torch.Tensor:
         z = torch.linalg.solve_triangular(self.ref_chol, (u - self.ref_mean).T, upper=False).T
@@ -449,7 +469,12 @@ class EBM(Model):
         else:  # persistent chains keep their own step sizes; fresh ones start at the median
             eps = torch.where(fresh, self.chain_step.median(), self.chain_step[idx])
             if self.hot_chains.shape[0]:
-                neg, acc, grad, hot = self._tempered_chains(start, self.hot_chains[:, idx], eps, generator)
+                hot_eps = self.hot_step[:, idx]
+                steps = torch.cat([hot_eps, eps[None]])
+                neg, hot, acc_all, grad = self._tempered_chains(
+                    start, self.hot_chains[:, idx], steps, generator
+                )
+                acc = acc_all[-1]
             else:
                 neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
             if bool(torch.isfinite(neg).all()):
@@ -457,6 +482,7 @@ class EBM(Model):
                 self.chain_step[idx] = self._adapted(eps, acc)
                 if self.hot_chains.shape[0] and bool(torch.isfinite(hot).all()):
                     self.hot_chains[:, idx] = hot
+                    self.hot_step[:, idx] = self._adapted(hot_eps, acc_all[:-1])
             self.mcmc_step_size.fill_(float(self.chain_step.median()))
         stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
         f_data, f_neg = self.f(u), self.f(neg)
@@ -523,29 +549,29 @@ class EBM(Model):
         return state.position.detach(), acc / max(n_steps, 1), state.grad.norm(dim=-1)
 
     def _tempered_chains(
-        self, cold: torch.Tensor, hot: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None
+        self, cold: torch.Tensor, hot: torch.Tensor, steps: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``mcmc_steps // T`` parallel-tempering steps (MALA at every β, then neighbour swaps) of
-        the replicas ``hot`` (T − 1, n, d) and ``cold`` (n, d, at β = 1). Returns the cold
-        positions, their acceptance (n,), gradient norms (n,) and the hot positions."""
+        """``mcmc_steps // T`` parallel-tempering steps (MALA at every β with the step sizes
+        ``steps`` (T, n), then neighbour swaps) of the replicas ``hot`` (T − 1, n, d) and ``cold``
+        (n, d, at β = 1). Returns the cold positions, the hot positions, every chain's mean
+        acceptance (T, n) and the cold chains' gradient norms (n,)."""
         T = hot.shape[0] + 1
-        steps = max(1, self.config.mcmc_steps // T)
-        pt = ParallelTempering(MALA(step_size=eps.repeat(T)[:, None]), geometric_ladder(T))
+        n_steps = max(1, self.config.mcmc_steps // T)
+        pt = ParallelTempering(MALA(step_size=steps.reshape(-1, 1)), geometric_ladder(T))
 
         def f_tilde(u: torch.Tensor) -> torch.Tensor:
             return self.unnormalized(u) - log_standard_normal(u)
 
         with _Frozen(self):
             state = pt.init(torch.cat([hot, cold[None]]).detach(), f_tilde)
-            acc = torch.zeros((), device=self.device, dtype=torch.float64)
-            for _ in range(steps):
+            acc = torch.zeros(steps.shape, device=self.device, dtype=cold.dtype)
+            for _ in range(n_steps):
                 state, info = pt.step(state, generator)
-                acc = acc + info.kernel_acceptance[-1]
+                acc = acc + info.chain_acceptance.to(acc.dtype)
         positions = state.positions().detach()
         n = cold.shape[0]
         grad = state.inner.grad.reshape(T, n, -1)[-1].norm(dim=-1)
-        acc = (acc / steps).to(cold.dtype).expand(n)
-        return positions[-1], acc, grad, positions[:-1]
+        return positions[-1], positions[:-1], acc / n_steps, grad
 
     def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
         """Robbins–Monro step toward the kernel's target acceptance, per chain:
@@ -587,6 +613,7 @@ class EBM(Model):
         self.lr_factor.mul_(0.5)
         self.mcmc_step_size.mul_(0.5)
         self.chain_step.mul_(0.5)
+        self.hot_step.mul_(0.5)
         tqdm.write(
             f"ebm: training diverged ({bad}); restored the last good state, halved the learning "
             f"rate (×{float(self.lr_factor):.3g}) and the MCMC step size "
@@ -723,6 +750,7 @@ def _validate(c: EBMConfig) -> None:
         (0.0 <= c.reinit <= 1.0, f"reinit must be in [0, 1], got {c.reinit}"),
         (0.0 <= c.reference_mix < 1.0, f"reference_mix must be in [0, 1), got {c.reference_mix}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
+        (c.energy_floor >= 0, f"energy_floor must be >= 0 (0 = none), got {c.energy_floor}"),
         (c.temperatures >= 1, f"temperatures must be >= 1, got {c.temperatures}"),
         (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
     ]

@@ -65,10 +65,12 @@ class TemperingState:
 class TemperingInfo:
     """``swap_rate`` (T − 1,): the mean swap acceptance probability of each neighbour pair
     tried at this step (NaN for pairs not tried); ``kernel_acceptance`` (T,): the mean
-    acceptance of the within-temperature moves."""
+    acceptance of the within-temperature moves; ``chain_acceptance`` (T, n): each chain's, per
+    temperature (for adapting step sizes per replica)."""
 
     swap_rate: torch.Tensor
     kernel_acceptance: torch.Tensor
+    chain_acceptance: torch.Tensor
 
 
 class ParallelTempering:
@@ -128,8 +130,9 @@ class ParallelTempering:
             new_x[hi] = torch.where(a, x[lo], x[hi])
             if bool(accept.any()):
                 inner = self.kernel.init(new_x.reshape(T * n, -1), inner.log_density_fn)
-        kernel_acc = info.acceptance_rate.reshape(T, n).double().mean(1)
-        return TemperingState(inner, state.betas, n, state.step + 1), TemperingInfo(swap_rate, kernel_acc)
+        chain_acc = info.acceptance_rate.reshape(T, n)
+        info_out = TemperingInfo(swap_rate, chain_acc.double().mean(1), chain_acc)
+        return TemperingState(inner, state.betas, n, state.step + 1), info_out
 
 
 def geometric_ladder(n_temperatures: int, beta_min: float = 0.01) -> torch.Tensor:
