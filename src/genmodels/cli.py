@@ -155,14 +155,32 @@ def build_parser(family: str | None = None) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics of a trained run against the truth or held-out data")
     p.add_argument("run", metavar="DIR")
     p.add_argument("--data", default=None, help="target or file (default: the training data)")
-    p.add_argument("--n", type=int, default=20_000, help="samples for the Monte-Carlo metrics")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="samples for the Monte-Carlo metrics (default: 20000; images: as many as the held-out images)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--grid", default=None, metavar="PATH", help="images: the sample grid PNG (default: DIR/samples.png)"
+    )
+    p.add_argument(
+        "--bpd-draws",
+        type=int,
+        default=10,
+        help="images: dequantization draws per held-out image for bits/dim (default: 10, benchmarks.md §4)",
+    )
 
     p = sub.add_parser("tour", help="train every family briefly, evaluate each against the truth")
     p.add_argument("--out", default="tour", help="output folder (table and pictures)")
-    p.add_argument("--data", default="8gaussians", help="a built-in 2-D target")
+    p.add_argument(
+        "--data",
+        default="8gaussians",
+        help="a built-in 2-D target, or 'digits' (the image tour: bits/dim, FD, PRDC, sample grids)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--families", default=None, help="comma-separated subset of families")
     p.add_argument("--steps-scale", type=float, default=1.0, help="multiply every family's tour steps")
@@ -251,6 +269,15 @@ def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
     print(
         f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}"
     )
+    if result.validation:
+        v = result.validation
+        how = "stopped early (patience ran out)" if v["stopped_early"] else "ran all its steps"
+        best = "none finite" if v["best_validation"] is None else f"{v['best_validation']:.4f}"
+        print(
+            f"validation: best held-out {v['metric']} {best} at step {v['best_step']} "
+            f"({len(v['history'])} validations on {v['n_points']} {v['source']}); the run {how} and holds "
+            "the best model"
+        )
 
 
 def _parse_pairs(pairs: list[str], types: dict[str, type], what: str, family: str) -> dict[str, Any]:
@@ -354,11 +381,20 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     dataset = load_data(source)
     if dataset.dim != model.dim:
         raise CLIError(f"{source}: dimension {dataset.dim}, but the model is for dimension {model.dim}")
+    if dataset.image_shape is not None:
+        result = {"family": model.family, "step": record["step"], "data": source}
+        result.update(_evaluate_image_run(model, dataset, args))
+        if args.json:
+            print(json.dumps(result, indent=2, default=float))
+        else:
+            print(format_image_metrics(result))
+        return
+    n = args.n if args.n is not None else 20_000
     gen = torch.Generator().manual_seed(args.seed)
     if dataset.target is not None:
-        result = evaluate_model(model, dataset.target, n=args.n, generator=gen, summary=True)
+        result = evaluate_model(model, dataset.target, n=n, generator=gen, summary=True)
     else:
-        data = _points(dataset, args.n)
+        data = _points(dataset, n)
         result = {"data": source, "n": int(data.shape[0])}
         if model.has_log_prob:
             mean, se, kind = heldout_nll(model, data)
@@ -368,7 +404,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                 result["bits_per_dim"] = bpd
                 result["dequantization"] = protocol
         samples = model.sample(
-            min(args.n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed)
+            min(n, 5000), generator=torch.Generator(device=model.device).manual_seed(args.seed)
         )
         result["energy_distance"] = float(energy_distance(samples.cpu(), data[:5000]))
     result = {"family": model.family, "step": record["step"], **result}
@@ -379,12 +415,89 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             print(f"{k:<22}{v:.4g}" if isinstance(v, float) else f"{k:<22}{v}")
 
 
+def _evaluate_image_run(model: Any, dataset: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`genmodels.image_metrics.evaluate_images` on the run's held-out images, with the
+    sample grid written to ``--grid`` (default RUN/samples.png)."""
+    from genmodels.image_metrics import evaluate_images
+
+    if args.n is not None and args.n < 6:
+        raise CLIError(f"--n must be >= 6 on images (the k-NN metrics use k = 5), got {args.n}")
+    if args.bpd_draws < 1:
+        raise CLIError(f"--bpd-draws must be >= 1, got {args.bpd_draws}")
+    if dataset.train is None:
+        raise CLIError(f"{dataset.name}: no images to evaluate against")
+    grid = Path(args.grid) if args.grid else Path(args.run) / "samples.png"
+    if grid.suffix.lower() != ".png":
+        raise CLIError(f"--grid must be a .png file, got {str(grid)!r}")
+    return evaluate_images(
+        model, dataset, n_samples=args.n, bpd_draws=args.bpd_draws, grid_path=grid, seed=args.seed
+    )
+
+
+def format_image_metrics(result: dict[str, Any]) -> str:
+    """The text report of ``genmodels evaluate`` on an image run: each metric of the samples
+    beside its floor (real training images against the held-out images, same n)."""
+
+    def num(key: str, fmt: str = ".4g") -> str:
+        value = result.get(key)
+        return "—" if value is None else format(value, fmt)
+
+    lines = [
+        f"{result['family']} after {result['step']} steps on {result['data']}: "
+        f"{result['n_samples']} samples against {result['n_real']} held-out images",
+    ]
+    if result.get("bits_per_dim") is not None:
+        lines += [
+            f"bits/dim            {result['bits_per_dim']:.4f} ± {result['bits_per_dim_stderr']:.4f} "
+            f"({result['bits_per_dim_kind']}; "
+            f"for the discrete model: {result['bits_per_dim_discrete_kind']})",
+            f"  dequantization    {result['dequantization']}",
+        ]
+    else:
+        lines.append("bits/dim            — (the family has no log-density)")
+    if result.get("nonfinite_fraction"):
+        lines.append(f"non-finite samples  {result['nonfinite_fraction']:.3f} (dropped)")
+    space = result.get("feature_space")
+    if space == "digits":
+        space = f"digit-classifier features, accuracy {result['classifier_accuracy']:.3f}"
+    lines += ["", f"{'metric':<34}{'model':>10}{'real floor':>12}"]
+    rows = [
+        ("Fréchet distance (" + ("features" if result.get("pixel_fd") is not None else "pixels") + ")", "fd")
+    ]
+    if result.get("pixel_fd") is not None:
+        rows.append(("Fréchet distance (pixels)", "pixel_fd"))
+    rows += [(name, name) for name in ("precision", "recall", "density", "coverage")]
+    if result.get("pixel_fd") is not None:
+        rows += [
+            (f"{name} (pixels)", f"pixel_{name}") for name in ("precision", "recall", "density", "coverage")
+        ]
+    if result.get("classes_covered") is not None:
+        rows += [
+            ("classes hit (of 10)", "classes_covered"),
+            ("class KL to uniform (nats)", "class_kl_uniform"),
+            ("class confidence", "class_confidence"),
+        ]
+    for label, key in rows:
+        lines.append(f"{label:<34}{num(key):>10}{num('real_' + key):>12}")
+    lines += [
+        "",
+        f"features: {space}; k = {result['k']}; coverage if equal in law: "
+        f"{result['coverage_expected_if_equal']:.3f}",
+    ]
+    if result.get("class_counts") is not None:
+        lines.append(f"class counts: {result['class_counts']}")
+    lines.append(f"sample grid: {result['grid_path']}")
+    return "\n".join(lines)
+
+
 def cmd_tour(args: argparse.Namespace) -> None:
     from genmodels.tour import run_tour
 
     families = args.families.split(",") if args.families else list(FAMILIES)
     for name in families:
         get_family(name)
+    if not (args.steps_scale > 0):
+        raise CLIError(f"--steps-scale must be positive, got {args.steps_scale}")
     run_tour(
         Path(args.out),
         data=args.data,

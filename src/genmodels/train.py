@@ -11,6 +11,16 @@ Under ``torchrun --nproc_per_node N`` the same loop trains with PyTorch's
 DistributedDataParallel: each rank takes its slice of the same global batch, gradients are
 averaged, rank 0 alone writes checkpoints and logs and evaluates (see
 :mod:`genmodels.distributed` for what equals a single-process run, and why).
+
+**Early stopping.** With ``validate_every`` > 0 the loop scores the model on held-out data
+every ``validate_every`` steps (and at the last step), keeps a copy of the best state
+(weights and buffers), and at the end, or when ``patience`` validations in a row brought no
+improvement, puts the best state back and checkpoints it (:func:`validation_split`,
+:func:`validation_score`). Small data sets are where this matters: a flow on the 1,437
+training digits overfits within a few hundred steps, and a few held-out images then get a
+huge negative log-likelihood. The held-out points come from the *training* data (a seeded
+fraction ``val_fraction``, removed from what the model trains on), or for a target stream
+from fresh exact samples; the data's test split is never looked at.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,8 +39,10 @@ from tqdm.auto import tqdm
 from genmodels import checkpoint as ckpt
 from genmodels import distributed as ddp
 from genmodels.data import Dataset, load_data
+from genmodels.data.dataset import _mix, dequantize
 from genmodels.distributions import Target
 from genmodels.models import Model, build_model, get_family, make_config
+from genmodels.models.base import logit_transform
 
 Schedule = Literal["cosine", "constant"]
 Evaluator = Callable[[Model], dict[str, Any]]
@@ -60,14 +72,32 @@ class TrainConfig:
     """steps between evaluations (0: only at the end)"""
     log_every: int = 100
     """steps between lines of metrics.jsonl (mean loss, lr, steps/s)"""
+    validate_every: int = 0
+    """steps between validations on held-out data (0: off); the run keeps the best model and ends with it"""
+    patience: int = 0
+    """validations in a row without improvement before stopping early (0: never stop early, but still
+    keep the best model); needs validate-every"""
+    val_fraction: float = 0.1
+    """fraction of a finite training set held out for validation (drawn with the seed; the data's test
+    split is never used); a target stream is validated on fresh exact samples instead"""
     progress: bool = True
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0:
-            raise ValueError(f"eval-every must be >= 0, got {self.eval_every}")
+        for name in ("eval_every", "validate_every", "patience"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 0, got {value}")
+        if self.patience and not self.validate_every:
+            raise ValueError(
+                f"patience {self.patience} counts validations, but validation is off: set validate-every"
+            )
+        if not (isinstance(self.val_fraction, (int, float)) and 0.0 < self.val_fraction < 1.0):
+            raise ValueError(
+                f"val-fraction is a fraction of the training data in (0, 1), got {self.val_fraction}"
+            )
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a positive number, got {self.lr}")
         if not 0.0 <= self.warmup < 1.0:
@@ -93,7 +123,13 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainResult:
-    """The trained model, the step reached, and what the run logged."""
+    """The trained model, the step reached, and what the run logged.
+
+    With validation on (``validate_every``), ``model`` is the best one on the held-out data,
+    from step ``best_step`` (score ``best_validation``: see :func:`validation_score`), and
+    ``validation`` holds what the checkpoint records under ``"validation"`` (the history of
+    scores, whether the run stopped early, …); without it they are None, False and {}.
+    """
 
     model: Model
     step: int
@@ -101,6 +137,23 @@ class TrainResult:
     steps_run: int
     history: list[dict[str, Any]] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best_step(self) -> int | None:
+        return self.validation.get("best_step")
+
+    @property
+    def best_validation(self) -> float | None:
+        return self.validation.get("best_validation")
+
+    @property
+    def stopped_early(self) -> bool:
+        return bool(self.validation.get("stopped_early", False))
+
+    @property
+    def validation_history(self) -> list[dict[str, Any]]:
+        return list(self.validation.get("history", []))
 
     @property
     def steps_per_second(self) -> float:
@@ -117,13 +170,101 @@ def resolve_device(name: str) -> torch.device:
 
 
 def standardize_from(model: Model, data: Dataset, seed: int, n: int = 10_000) -> None:
-    """Set the model's per-dimension shift and scale to the data's mean and std."""
+    """Set the model's per-dimension shift and scale to the data's mean and std; with the
+    model's logit preprocessing on (``ModelConfig.logit``), to those of the transformed data
+    s = logit(λ + (1 − 2λ) y), which must then lie in [0, 1]."""
     x = data.sample_reference(n, seed).double()
+    lam = model.logit_lambda
+    if lam:
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise ValueError(
+                f"logit={lam:g} needs data in [0, 1] (e.g. dequantized images); "
+                f"{data.name!r} has values in [{lo:.4g}, {hi:.4g}]"
+            )
+        x, _ = logit_transform(x, lam)
     mean = x.mean(0)
     std = x.std(0) if x.shape[0] > 1 else torch.ones_like(mean)
     floor = max(float(std.max()) * 1e-3, 1e-8)
     std = std.clamp_min(floor)
     model.set_normalization(mean.to(model.shift.dtype), std.to(model.scale.dtype))
+
+
+#: Fresh exact samples that make the validation set of a target stream.
+VALIDATION_TARGET_SAMPLES = 2000
+
+
+def validation_mode(model: Model) -> Literal["nll", "loss"] | None:
+    """How :func:`validation_score` scores ``model``: ``"nll"`` for a family with a density,
+    ``"loss"`` for one without a density but with ``loss()``, None for a family that only has
+    ``step()`` (nothing to score held-out data with: gan, wgan-gp)."""
+    if model.has_log_prob:
+        return "nll"
+    if type(model).loss is not Model.loss:
+        return "loss"
+    return None
+
+
+def validation_split(dataset: Dataset, seed: int, val_fraction: float) -> tuple[Dataset, torch.Tensor]:
+    """(the data the loop trains on, the held-out validation points in the model's data space).
+
+    A finite training set gives up round(``val_fraction``·n) of its rows, chosen by a
+    permutation seeded from ``seed``; the returned Dataset trains on the others (its ``test``
+    split is passed on untouched, for evaluation: validation never looks at it). Integer data
+    (``levels``) are dequantized as :meth:`Dataset.batch` dequantizes training batches, once,
+    with noise from a generator seeded from ``seed``: every validation of a run scores the same
+    points. A target stream is returned as it is, with :data:`VALIDATION_TARGET_SAMPLES` fresh
+    exact samples from a generator of their own (never the training stream's).
+    """
+    if dataset.target is not None:
+        gen = torch.Generator().manual_seed(_mix(seed, -3))
+        return dataset, dataset.target.sample(VALIDATION_TARGET_SAMPLES, generator=gen)
+    if dataset.train is None:
+        raise ValueError(f"dataset {dataset.name!r} has no training data to hold out a validation split from")
+    n = int(dataset.train.shape[0])
+    n_val = round(val_fraction * n)
+    if n_val < 1 or n_val >= n:
+        raise ValueError(
+            f"val-fraction {val_fraction} of the {n} training examples holds out {n_val}; "
+            "it must leave at least one example for validation and one for training"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, -2)))
+    held, kept = perm[:n_val].sort().values, perm[n_val:].sort().values
+    points = dataset.train[held]
+    if dataset.levels is not None:
+        points = dequantize(points, dataset.levels, torch.Generator().manual_seed(_mix(seed, -3)))
+    return replace(dataset, train=dataset.train[kept]), points
+
+
+def validation_score(model: Model, points: torch.Tensor, batch_size: int, seed: int = 0) -> float:
+    """The mean held-out loss of ``model`` on data-space ``points`` (lower is better).
+
+    For a family with a density (:func:`validation_mode` "nll"): the mean of −log p(x) over
+    the points, from ``model.log_prob`` with its default options whatever its kind (exact for
+    the flows, a bound or an estimate for others: the same estimator at every validation, so
+    the scores of one run compare). Otherwise ("loss"): the family's training loss on the
+    normalized points, with its noise drawn from a generator seeded with ``seed`` (the same
+    noise at every validation). Computed in chunks of ``batch_size``, in eval mode and without
+    gradients; the model's mode is restored.
+    """
+    mode = validation_mode(model)
+    if mode is None:
+        raise ValueError(f"the {model.family} family has neither a log-density nor a loss() to validate with")
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            gen = torch.Generator(device=model.device).manual_seed(seed)
+            for chunk in points.split(max(int(batch_size), 1)):
+                x = chunk.to(model.device, model.shift.dtype)
+                if mode == "nll":
+                    total += float(-model.log_prob(x).values.double().sum())
+                else:
+                    total += float(model.loss(model.normalize(x), gen)["loss"]) * x.shape[0]
+    finally:
+        model.train(was_training)
+    return total / points.shape[0]
 
 
 def train(
@@ -147,14 +288,27 @@ def train(
     ``evaluate(model)`` is called every ``eval_every`` steps and at the end. ``on_step`` is
     called after every step with (steps done, logged scalars).
 
+    With ``config.validate_every`` > 0 the model is scored on held-out data
+    (:func:`validation_split`, :func:`validation_score`) every ``validate_every`` steps and at
+    the last step; the best state (weights and buffers) is kept, restored at the end or when
+    ``patience`` validations in a row brought no improvement, and checkpointed; the result and
+    the checkpoint record (``"validation"``) hold ``best_step``, ``best_validation``,
+    ``stopped_early`` and the history of scores. Checkpoints written during the run hold the
+    best state too (tensors ``best.*``), so a resumed run ends as an uninterrupted one would.
+    Resuming a *finished* run with more ``steps`` continues from its best weights (what its
+    final checkpoint holds) with the optimiser and RNG states of its last step; a run that
+    stopped early continues only when ``steps`` is raised above its original total, and then
+    with its patience reset.
+
     Raises :class:`TrainingDiverged` on a NaN or infinite loss or weights, leaving the last
     good checkpoint in ``out``. On KeyboardInterrupt the current state is checkpointed
     (when it is finite) before the interrupt propagates.
 
     Launched by ``torchrun`` with several processes (or inside a process group the caller
     initialised), the run is data-parallel (:mod:`genmodels.distributed`): ``evaluate`` and
-    ``on_step`` see the same model on every rank; ``evaluate`` runs on rank 0 only and its
-    metrics are broadcast; logged scalars are averaged over the ranks.
+    ``on_step`` see the same model on every rank; ``evaluate`` and the validation run on rank 0
+    only and their results are broadcast (so every rank takes the same early-stopping
+    decision); logged scalars are averaged over the ranks.
     """
     out_dir = Path(out) if out is not None else None
     record: dict[str, Any] | None = None
@@ -202,9 +356,24 @@ def _train(
         if dataset.levels is not None and "levels" in get_family(model).option_names():
             # integer data: families with discrete conditionals (made) model its levels
             options.setdefault("levels", dataset.levels)
-        model = build_model(model, dataset.dim, options, seed=config.seed)
+        defaults = image_defaults(model, dataset.image_shape, options)
+        if defaults and main and config.progress:
+            chosen = ", ".join(f"{k}={v}" for k, v in defaults.items())
+            tqdm.write(f"{model}: images, so {chosen} (set the option to override)")
+        model = build_model(model, dataset.dim, {**defaults, **options}, seed=config.seed)
     if model.dim != dataset.dim:
         raise ValueError(f"the model is for dimension {model.dim} but the data has dimension {dataset.dim}")
+    described = dataset.describe()  # the whole data set, as given (resume reloads it from its source)
+    mode = validation_mode(model) if config.validate_every else None
+    val_points: torch.Tensor | None = None
+    if config.validate_every and mode is None:
+        if main:
+            tqdm.write(
+                f"{model.family}: no validation (validate-every ignored): the family has neither a "
+                "log-density nor a loss() to score held-out data with, only step()"
+            )
+    elif mode is not None:
+        dataset, val_points = validation_split(dataset, config.seed, config.val_fraction)
     if record is None and _unnormalized(model):
         standardize_from(model, dataset, config.seed)
     model.to(device)
@@ -237,8 +406,62 @@ def _train(
         if main:
             _truncate_log(out_dir, start)
 
-    def save(step: int, metrics: dict[str, Any] | None = None, collective: bool = True) -> None:
-        """Checkpoint (rank 0 writes; under DDP every rank must call it, unless not ``collective``)."""
+    # validation state: what the checkpoints record under "validation", and the best weights
+    val: dict[str, Any] = {}
+    best_state: dict[str, torch.Tensor] | None = None
+    if val_points is not None:
+        val = {
+            "metric": mode,
+            "n_points": int(val_points.shape[0]),
+            "source": "target samples" if dataset.target is not None else "training split",
+            "validate_every": config.validate_every,
+            "patience": config.patience,
+            "best_step": None,
+            "best_validation": None,
+            "since_best": 0,
+            "stopped_early": False,
+            "history": [],
+        }
+        saved_val = record.get("validation") if record is not None else None
+        if record is not None and saved_val:
+            val.update({k: saved_val[k] for k in ("best_step", "best_validation", "since_best", "history")})
+            val["history"] = [h for h in val["history"] if h["step"] <= start]
+            if saved_val.get("stopped_early"):
+                total = int(record.get("train_config", {}).get("steps", start))
+                if config.steps <= total:
+                    raise ValueError(
+                        f"the run in {out_dir} stopped early at step {start} (best at step "
+                        f"{saved_val.get('best_step')}); to train on from its best weights ask for more "
+                        f"than its {total} steps with --steps"
+                    )
+                val["since_best"] = 0  # more steps asked for: patience starts afresh
+            best_tensors = {k[len("best.") :]: v for k, v in tensors.items() if k.startswith("best.")}
+            if best_tensors:
+                best_state = {k: v.to(device) for k, v in best_tensors.items()}
+            elif val["best_step"] is not None:  # a final checkpoint: its weights are the best
+                best_state = _copy_state(model)
+
+    def validate(step: int) -> bool:
+        """Score the model, keep it if it is the best so far; True when patience ran out."""
+        nonlocal best_state
+        assert val_points is not None
+        score = _run_validation(model, val_points, config.batch_size, config.seed, dctx)
+        val["history"].append({"step": step, "validation": score})
+        if math.isfinite(score) and (val["best_validation"] is None or score < val["best_validation"]):
+            val["best_step"], val["best_validation"], val["since_best"] = step, score, 0
+            best_state = _copy_state(model)
+        else:
+            val["since_best"] += 1
+        shown["val"] = f"{score:.4f}"
+        bar.set_postfix(shown, refresh=False)
+        return bool(config.patience) and val["since_best"] >= config.patience
+
+    def save(
+        step: int, metrics: dict[str, Any] | None = None, collective: bool = True, final: bool = False
+    ) -> None:
+        """Checkpoint (rank 0 writes; under DDP every rank must call it, unless not ``collective``).
+        With validation, the best state goes along as ``best.*`` tensors, except in the ``final``
+        checkpoint, whose weights are the best state already."""
         if out_dir is None:
             return
         if not _finite_weights(model):
@@ -250,6 +473,8 @@ def _train(
         if not main:
             return
         state: dict[str, torch.Tensor] = {f"model.{k}": v for k, v in model.state_dict().items()}
+        if best_state is not None and not final:
+            state.update({f"best.{k}": v for k, v in best_state.items()})
         opt_records = {}
         for name, opt in optimizers.items():
             t, r = ckpt.optimizer_to_tensors(name, opt)
@@ -261,7 +486,7 @@ def _train(
                 "family": model.family,
                 "model_config": asdict(model.config),
                 "train_config": asdict(config),
-                "data": dataset.describe(),
+                "data": described,
                 "step": step,
                 "rng": {
                     "data": ckpt.encode_rng(data_gen.get_state()),
@@ -270,6 +495,7 @@ def _train(
                 "optimizers": opt_records,
                 "metrics": metrics or {},
                 "distributed": {"world_size": dctx.world_size, "model_rng": rank_rngs if dctx.active else []},
+                **({"validation": val} if val else {}),
             },
             state,
         )
@@ -277,6 +503,7 @@ def _train(
     history: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     running: dict[str, float] = {}
+    shown: dict[str, str] = {}
     count = 0
     t_start = time.perf_counter()
     t_window = t_start
@@ -320,10 +547,18 @@ def _train(
                 history.append(entry)
                 if main:
                     _append_log(out_dir, entry)
-                shown = {k: f"{entry[k]:.4f}" for k in ("loss", "nll") if k in entry}
+                shown.update({k: f"{entry[k]:.4f}" for k in ("loss", "nll") if k in entry})
                 bar.set_postfix(shown, refresh=False)
                 running, count, t_window = {}, 0, now
             bar.update(1)
+            if val and (step % config.validate_every == 0 or step == config.steps) and validate(step):
+                val["stopped_early"] = True
+                if main and config.progress:
+                    bar.write(
+                        f"stopped early at step {step}: no improvement in {config.patience} validations; "
+                        f"best {val['metric']} {val['best_validation']:.4f} at step {val['best_step']}"
+                    )
+                break
             if (
                 evaluate is not None
                 and config.eval_every
@@ -341,9 +576,11 @@ def _train(
         raise
     finally:
         bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)  # the best model on the held-out data
     if evaluate is not None:
         metrics = _run_eval(model, evaluate, step, None, dctx)
-    save(step, metrics)
+    save(step, metrics, final=True)
     ddp.unwrap(model)
     model.eval()
     return TrainResult(
@@ -353,7 +590,23 @@ def _train(
         steps_run=step - start,
         history=history,
         metrics=metrics,
+        validation=dict(val),
     )
+
+
+def image_defaults(
+    family: str, image_shape: tuple[int, ...] | None, options: dict[str, Any]
+) -> dict[str, Any]:
+    """The family's ``image_options`` the user did not set, when the data are square one-channel
+    images with a side divisible by 4 (what its convolutional networks take); else nothing."""
+    if image_shape is None:
+        return {}
+    shape = tuple(image_shape)
+    if len(shape) == 3 and shape[2] == 1:
+        shape = shape[:2]
+    if len(shape) != 2 or shape[0] != shape[1] or shape[0] % 4:
+        return {}
+    return {k: v for k, v in get_family(family).image_options.items() if k not in options}
 
 
 def restore_model(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Model:
@@ -401,6 +654,31 @@ def _run_eval(
     line = "  ".join(f"{k}={_fmt(v)}" for k, v in metrics.items())
     (bar.write if bar is not None else print)(f"eval  {line}")
     return metrics
+
+
+def _run_validation(
+    model: Model, points: torch.Tensor, batch_size: int, seed: int, dctx: ddp.Context
+) -> float:
+    """:func:`validation_score` under DDP as ``_run_eval`` does it: on rank 0 alone (the plain
+    module), the score broadcast, so that every rank takes the same early-stopping branch. A
+    failure on rank 0 is broadcast too and raised on every rank (none is left waiting)."""
+    if not dctx.active:
+        return validation_score(model, points, batch_size, seed)
+    outcome: tuple[float, str | None] = (math.nan, None)
+    if dctx.is_main:
+        try:
+            outcome = (validation_score(model, points, batch_size, seed), None)
+        except Exception as err:  # re-raised below, on every rank
+            outcome = (math.nan, f"{type(err).__name__}: {err}")
+    score, error = ddp.broadcast_object(outcome, dctx)
+    if error is not None:
+        raise RuntimeError(f"validation failed on rank 0: {error}")
+    return float(score)
+
+
+def _copy_state(model: Model) -> dict[str, torch.Tensor]:
+    """A detached copy of the model's weights and buffers."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def _fmt(value: Any) -> str:

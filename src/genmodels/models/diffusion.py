@@ -62,8 +62,7 @@ from genmodels.diffusion.solvers import (
     sigma_grid,
 )
 from genmodels.models.base import Model, ModelConfig, NotSupportedError, SampleConfig
-from genmodels.nets.time import TimeMLP
-from genmodels.nets.unet import UNet
+from genmodels.nets.unet import time_network
 from genmodels.types import LogDensity
 
 Prediction = Literal["v", "eps", "x0", "score"]
@@ -108,7 +107,7 @@ class DiffusionConfig(ModelConfig):
     net: Literal["mlp", "unet"] = "mlp"
     """network: a time-conditioned MLP, or a small U-Net for square one-channel images"""
     hidden: int = 256
-    """MLP width (U-Net: hidden / 8 base channels)"""
+    """MLP width (U-Net: 8·max(1, hidden / 64) base channels)"""
     depth: int = 3
     """hidden layers of the MLP"""
     emb_dim: int = 64
@@ -197,28 +196,22 @@ class Diffusion(Model):
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 20000, "lr": 1e-3, "batch_size": 512, "warmup": 0.02}
     tour_steps: ClassVar[int] = 4000
+    image_options: ClassVar[dict[str, Any]] = {"net": "unet"}
     config: DiffusionConfig
 
     def __init__(self, dim: int, config: DiffusionConfig | None = None) -> None:
         super().__init__(dim, config)
         c = self.config
         _validate(c)
-        if c.net == "unet":
-            side = math.isqrt(dim)
-            if side * side != dim or side % 2:
-                raise ValueError(f"net=unet needs square one-channel images with an even side; dim={dim}")
-            self.net: nn.Module = UNet(
-                base=max(8, c.hidden // 8), image_shape=(1, side, side), emb_dim=c.emb_dim
-            )
-        else:
-            self.net = TimeMLP(
-                dim,
-                hidden=c.hidden,
-                depth=c.depth,
-                emb_dim=c.emb_dim,
-                conditioning=c.conditioning,
-                fourier=c.fourier,
-            )
+        self.net = time_network(
+            dim,
+            c.net,
+            hidden=c.hidden,
+            depth=c.depth,
+            emb_dim=c.emb_dim,
+            conditioning=c.conditioning,
+            fourier=c.fourier,
+        )
         self.ema_net = copy.deepcopy(self.net).requires_grad_(False)
         #: VE's σ_max (set from the data by ``prepare`` when the option is 0)
         self.register_buffer("ve_sigma_max", torch.tensor(float(c.sigma_max or 50.0), dtype=torch.float64))

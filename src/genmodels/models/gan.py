@@ -65,6 +65,17 @@ Measured with the defaults (seed 0, evaluate_model, 2500 samples for the mode me
 - ring8: 8/8 modes, 85 % HQ, reverse KL 0.12, counting KL 0.62 at n = 5000 (PacGAN4: 7.8, 95.9 %, 0.07);
 - grid25: 25/25 modes, 22 % HQ, reverse KL 0.33, counting KL 1.73 (PacGAN4: 24.8, 93.6 %, 0.04).
 
+Convolutional networks (``net="conv"``, for square one-channel images, dim = side², side
+divisible by 4, e.g. 8×8 digits) are the trunks of :mod:`genmodels.nets.conv`, DCGAN-style
+(Radford et al. 2016) without batch normalisation (ruled out for the WGAN-GP critic, whose
+penalty is per input: Gulrajani et al. 2017, §4): the generator maps z linearly to a
+(4c, side/4, side/4) map (2×2 for digits) and upsamples it (nearest ×2 + 3×3 convolution) to
+the side×side image, c = g_hidden / 8; the discriminator reads an image with stride-2
+convolutions down to (4c, side/4, side/4), c = d_hidden / 8, and a linear layer to the logit.
+Packing is natural there: the m packed samples are the m input channels of one image
+(the packed row of m·d values is the m planes one after the other). g_depth and d_depth
+are for the MLPs only.
+
 Sharp modes are the hard part on a CPU budget: on grid25 (σ = 0.05 on a lattice of pitch 2)
 the generator first matches the coarse density, a near-uniform square, and the discriminator
 then sees only the fine-scale difference, which an MLP learns slowly (spectral bias); the
@@ -81,6 +92,7 @@ import torch
 from torch import nn
 
 from genmodels.models.base import Model, ModelConfig, NotSupportedError
+from genmodels.nets.conv import ConvDecoder, ConvEncoder, conv_base, image_side
 from genmodels.types import LogDensity
 
 GANActivation = Literal["relu", "leaky_relu", "silu", "tanh", "elu", "gelu"]
@@ -109,18 +121,21 @@ def _mlp(in_dim: int, out_dim: int, hidden: int, depth: int, activation: str) ->
 class GANConfig(ModelConfig):
     """Options of the non-saturating GAN (and, with other defaults, of WGAN-GP)."""
 
+    net: Literal["mlp", "conv"] = "mlp"
+    """generator and discriminator: MLPs, or DCGAN-style convolutional networks for square
+    one-channel images (dim = side², side divisible by 4; module docstring)"""
     latent_dim: int = 8
     """dimension k of the generator's noise z ~ N(0, I_k)"""
     g_hidden: int = 256
-    """width of the generator's hidden layers"""
+    """width of the generator's hidden layers (conv: g_hidden / 8 base channels, at least 8)"""
     g_depth: int = 3
-    """hidden layers of the generator"""
+    """hidden layers of the generator (MLP only)"""
     g_activation: GANActivation = "relu"
     """nonlinearity of the generator"""
     d_hidden: int = 256
-    """width of the discriminator's hidden layers"""
+    """width of the discriminator's hidden layers (conv: d_hidden / 8 base channels, at least 8)"""
     d_depth: int = 3
-    """hidden layers of the discriminator"""
+    """hidden layers of the discriminator (MLP only)"""
     d_activation: GANActivation = "leaky_relu"
     """nonlinearity of the discriminator ("leaky_relu" has slope 0.2)"""
     pack: int = 4
@@ -160,10 +175,13 @@ class GAN(Model):
     #: grid25 HQ 22 % → 68 % (docs/benchmarks.md)
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 40_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 3000
+    image_options: ClassVar[dict[str, Any]] = {"net": "conv"}
 
     def __init__(self, dim: int, config: GANConfig | None = None) -> None:
         super().__init__(dim, config)
         c: GANConfig = self.config
+        if c.net not in ("mlp", "conv"):
+            raise ValueError(f"unknown net {c.net!r}; choose one of: mlp, conv")
         for name in ("latent_dim", "g_hidden", "d_hidden", "pack", "d_steps"):
             if getattr(c, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(c, name)}")
@@ -177,8 +195,18 @@ class GAN(Model):
         for name in ("beta1", "beta2"):
             if not 0.0 <= getattr(c, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(c, name)}")
-        self.generator_net = _mlp(c.latent_dim, dim, c.g_hidden, c.g_depth, c.g_activation)
-        self.discriminator = _mlp(c.pack * dim, 1, c.d_hidden, c.d_depth, c.d_activation)
+        self.generator_net: nn.Module
+        self.discriminator: nn.Module
+        if c.net == "conv":  # packed samples enter the discriminator as c.pack channels
+            side = image_side(dim, "conv")
+            g_act, d_act = _ACTIVATIONS[c.g_activation], _ACTIVATIONS[c.d_activation]
+            self.generator_net = ConvDecoder(c.latent_dim, side, base=conv_base(c.g_hidden), activation=g_act)
+            self.discriminator = ConvEncoder(
+                side, 1, channels=c.pack, base=conv_base(c.d_hidden), activation=d_act
+            )
+        else:
+            self.generator_net = _mlp(c.latent_dim, dim, c.g_hidden, c.g_depth, c.g_activation)
+            self.discriminator = _mlp(c.pack * dim, 1, c.d_hidden, c.d_depth, c.d_activation)
 
     # -- packing ----------------------------------------------------------------------
     def pack_samples(self, u: torch.Tensor) -> torch.Tensor:

@@ -112,6 +112,8 @@ class MAF(Flow):
     Config = MAFConfig
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 10_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 1000
+    #: logit preprocessing on images (held-out digits, early stopping: 2.55 → 2.17 bits/dim)
+    image_options: ClassVar[dict[str, Any]] = {"logit": 0.01}
 
     def __init__(self, dim: int, config: MAFConfig | None = None) -> None:
         super().__init__(dim, config)

@@ -174,6 +174,8 @@ class RealNVP(Flow):
     Config = RealNVPConfig
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 12_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 4000
+    #: logit preprocessing on images (held-out digits, early stopping: 2.46 → 2.11 bits/dim)
+    image_options: ClassVar[dict[str, Any]] = {"logit": 0.01}
 
     def __init__(self, dim: int, config: RealNVPConfig | None = None) -> None:
         super().__init__(dim, config)

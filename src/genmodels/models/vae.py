@@ -41,6 +41,14 @@ default ``decoder_variance="per_dimension"``) or per output (σ_θ(z) an output 
 ``"per_output"``). All log-standard-deviations pass through a soft clamp b·tanh(r/b),
 b = 7 (standardized units), which keeps σ ∈ (e^−7, e^7): the Gaussian likelihood of a
 decoder whose variance may shrink without bound is unbounded (Mattei & Frellsen 2018).
+
+**Networks** (``net``): MLPs, or for square one-channel images (dim = side², side divisible by
+4, e.g. 8×8 digits) the convolutional trunks of :mod:`genmodels.nets.conv` (base width
+hidden / 8): the encoder reads the image with stride-2 convolutions down to a (4c, side/4,
+side/4) map and a linear layer to (m, raw log s); the decoder maps z linearly to that map and
+upsamples it back to the side×side mean image, plus a second output plane, the raw log σ,
+when ``decoder_variance="per_output"`` (with "per_dimension" the log σ's stay a parameter
+vector). No batch normalisation, so the bounds of an image do not depend on its batch.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ import torch
 from torch import nn
 
 from genmodels.models.base import Model, ModelConfig, SampleConfig
+from genmodels.nets.conv import ConvDecoder, ConvEncoder, conv_base, image_side
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation
 from genmodels.types import LogDensity
 
@@ -70,12 +79,15 @@ class VAEConfig(ModelConfig):
     of a 2-D point, so the encoder need not discard information, and the decoder stays a
     smooth map of the plane onto the data; a smaller code could not, a larger one only adds
     dimensions the decoder learns to ignore)"""
+    net: Literal["mlp", "conv"] = "mlp"
+    """encoder and decoder: MLPs, or convolutional trunks for square one-channel images
+    (dim = side², side divisible by 4; module docstring)"""
     hidden: int = 128
-    """width of the encoder and decoder MLPs"""
+    """width of the encoder and decoder MLPs (conv: hidden / 8 base channels, at least 8)"""
     depth: int = 3
-    """hidden layers of the encoder and of the decoder (0: linear maps)"""
+    """hidden layers of the encoder and of the decoder (0: linear maps; MLP only)"""
     activation: Activation = "silu"
-    """nonlinearity of both MLPs"""
+    """nonlinearity of both networks"""
     beta: float = 1.0
     """weight of the KL term (β-VAE, Higgins et al. 2017); 1 trains the ELBO"""
     kl_warmup: int = 1000
@@ -135,6 +147,7 @@ class VAE(Model):
     #: 0.29 nats, at 40,000 0.14 (docs/benchmarks.md)
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 40_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 2000
+    image_options: ClassVar[dict[str, Any]] = {"net": "conv"}
     config: VAEConfig
 
     def __init__(self, dim: int, config: VAEConfig | None = None) -> None:
@@ -142,11 +155,19 @@ class VAE(Model):
         c = self.config
         _validate(c)
         self.latent_dim = c.latent_dim or dim
-        kw = {"hidden": c.hidden, "depth": c.depth, "activation": c.activation}
-        # encoder: u ↦ (m, raw log s); decoder: z ↦ (μ, raw log σ) or μ alone
-        self.encoder = MLP(dim, 2 * self.latent_dim, **kw)
         per_output = c.decoder_variance == "per_output"
-        self.decoder = MLP(self.latent_dim, 2 * dim if per_output else dim, **kw)
+        # encoder: u ↦ (m, raw log s); decoder: z ↦ (μ, raw log σ) or μ alone
+        self.encoder: nn.Module
+        self.decoder: nn.Module
+        if c.net == "conv":
+            side = image_side(dim, "conv")
+            kw_conv = {"base": conv_base(c.hidden), "activation": _ACTIVATIONS[c.activation]}
+            self.encoder = ConvEncoder(side, 2 * self.latent_dim, **kw_conv)
+            self.decoder = ConvDecoder(self.latent_dim, side, channels=2 if per_output else 1, **kw_conv)
+        else:
+            kw = {"hidden": c.hidden, "depth": c.depth, "activation": c.activation}
+            self.encoder = MLP(dim, 2 * self.latent_dim, **kw)
+            self.decoder = MLP(self.latent_dim, 2 * dim if per_output else dim, **kw)
         self.decoder_log_std = None if per_output else nn.Parameter(torch.zeros(dim))
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))  # for the KL warm-up
 
@@ -295,6 +316,7 @@ class VAE(Model):
 
 def _validate(c: VAEConfig) -> None:
     checks = [
+        (c.net in ("mlp", "conv"), f"unknown net {c.net!r}; choose one of: mlp, conv"),
         (c.latent_dim >= 0, f"latent_dim must be >= 0 (0: the data's dimension), got {c.latent_dim}"),
         (c.hidden >= 1, f"hidden must be >= 1, got {c.hidden}"),
         (c.depth >= 0, f"depth must be >= 0, got {c.depth}"),

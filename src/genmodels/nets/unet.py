@@ -164,3 +164,36 @@ class UNet(nn.Module):
                 h = self.upsamples[j](h)
         out = self.out(nn.functional.silu(self.out_norm(h)))
         return out.reshape(shape) if flat else out
+
+
+def time_network(
+    dim: int,
+    net: str,
+    *,
+    hidden: int,
+    depth: int,
+    emb_dim: int,
+    activation: str = "silu",
+    conditioning: str = "add",
+    fourier: int = 0,
+) -> nn.Module:
+    """The noise- or time-conditioned network of the diffusion and flow-matching families:
+    ``net="mlp"``, a :class:`~genmodels.nets.time.TimeMLP` of width ``hidden``; ``"unet"``, a
+    :class:`UNet` for square one-channel images (dim = side², side even) with 8·max(1, hidden/64)
+    base channels (a multiple of its 8 groups at any width; 32 at the default 256)."""
+    from genmodels.nets.time import TimeMLP
+
+    if net == "unet":
+        side = math.isqrt(dim)
+        if side * side != dim or side % 2:
+            raise ValueError(f"net=unet needs square one-channel images with an even side; dim={dim}")
+        return UNet(base=8 * max(1, hidden // 64), image_shape=(1, side, side), emb_dim=emb_dim)
+    return TimeMLP(
+        dim,
+        hidden=hidden,
+        depth=depth,
+        emb_dim=emb_dim,
+        activation=activation,  # type: ignore[arg-type]
+        conditioning=conditioning,  # type: ignore[arg-type]
+        fourier=fourier,
+    )
