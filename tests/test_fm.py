@@ -257,22 +257,3 @@ def test_bad_solver() -> None:
     model = build_model("fm", 2, {"hidden": 8})
     with pytest.raises(ValueError, match="sampler"):
         model.sample(5, sampler="rk45")
-
-
-def test_checkpoints_from_before_the_conditioning_option_still_load(tmp_path) -> None:
-    # A run written before `conditioning` existed has no such key and the additive network's
-    # weights; the family's options_before restores that architecture instead of the default.
-    import json
-
-    config = TrainConfig(steps=2, batch_size=64, progress=False, seed=0)
-    opts = {"hidden": 16, "depth": 1, "emb_dim": 8, "conditioning": "add"}
-    result = train("fm", "8gaussians", config, options=opts, out=tmp_path / "old")
-    record_path = tmp_path / "old" / "checkpoint.json"
-    record = json.loads(record_path.read_text())
-    del record["model_config"]["conditioning"]
-    record_path.write_text(json.dumps(record))
-    loaded, _ = load_run(tmp_path / "old")
-    assert loaded.config.conditioning == "add"
-    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(loaded.log_prob(x).values, result.model.log_prob(x).values)
-    assert build_model("fm", 2).config.conditioning == "input"  # the default for new models

@@ -165,3 +165,34 @@ def test_global_rng_is_untouched(tmp_path: Path) -> None:
     train("realnvp", None, _config(steps=8), out=tmp_path / "r", resume=True)
     load_run(tmp_path / "r")
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize(
+    ("family", "small"),
+    [
+        ("fm", {"hidden": 16, "depth": 1, "emb_dim": 8}),
+        ("diffusion", {"hidden": 16, "depth": 1, "emb_dim": 8}),
+    ],
+)
+def test_checkpoints_from_before_a_new_option_load_with_the_old_architecture(tmp_path, family, small) -> None:
+    # A run written before an option existed has no such key and the old network's weights; the
+    # family's options_before restores that architecture instead of today's default.
+    import json
+
+    from genmodels.models import build_model, get_family
+
+    old = get_family(family).options_before
+    assert old, f"{family} declares no options_before"
+    config = TrainConfig(steps=2, batch_size=64, progress=False, seed=0)
+    result = train(family, "8gaussians", config, options={**small, **old}, out=tmp_path / "old")
+    record_path = tmp_path / "old" / "checkpoint.json"
+    record = json.loads(record_path.read_text())
+    for key in old:
+        del record["model_config"][key]
+    record_path.write_text(json.dumps(record))
+    loaded, _ = load_run(tmp_path / "old")
+    assert {k: getattr(loaded.config, k) for k in old} == old
+    x = torch.randn(20, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(loaded.log_prob(x).values, result.model.log_prob(x).values)
+    fresh = build_model(family, 2).config
+    assert any(getattr(fresh, k) != v for k, v in old.items())  # the default for new models differs

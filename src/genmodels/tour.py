@@ -123,7 +123,7 @@ def format_table(rows: list[dict[str, Any]], data: str, entropy: float) -> str:
         hq = f"{100 * r['hq_fraction']:.1f}" if r.get("hq_fraction") is not None else "—"
         lines.append(
             f"| {r['family']} | {r['kl']:.3f} ± {r['kl_stderr']:.3f} | {r['kl_kind']} | {modes} | {hq} "
-            f"| {r['train_seconds']:.1f} | {r['steps']} |"
+            f"| {r['train_seconds']:.1f} | {_steps(r)} |"
         )
     lines += ["", *[f"![{r['family']}]({r['picture']})" for r in rows], ""]
     return "\n".join(lines)
@@ -133,26 +133,31 @@ def format_table(rows: list[dict[str, Any]], data: str, entropy: float) -> str:
 # the image tour
 # ---------------------------------------------------------------------------------------
 #: Training steps of each family in the image tour (the digits budget; ``steps_scale``
-#: multiplies it), for a whole tour of about 10 minutes on 2 CPU cores: roughly 20–50 s of
+#: multiplies it), for a whole tour of about 10 minutes on 2 CPU cores: roughly 20–60 s of
 #: training per family at its default batch size (per-step costs on the 64-D digits differ
-#: 40× between families: fm ≈ 3 ms, wgan-gp ≈ 130 ms on one thread). The flows overfit the
-#: 1,437 training images fast and then give a few held-out images a huge NLL, so they get short
-#: budgets: realnvp's held-out bits/dim was 2.42 after 300 steps, 2.69 ± 0.17 after 600 and
-#: 6.6 ± 3.2 after 1,200; maf's 2.57 after 400, 6.4 ± 3.8 after 800.
+#: 50× between families: made ≈ 1 ms, the U-Nets of fm and diffusion ≈ 70 ms, the conv WGAN-GP
+#: critic ≈ 230 ms on one thread). The flows overfit the 1,437 training images fast (realnvp's
+#: held-out bits/dim without logit or validation: 2.42 after 300 steps, 6.6 ± 3.2 after 1,200),
+#: hence short budgets and validation (:data:`DIGITS_VALIDATED`).
 DIGITS_STEPS: dict[str, int] = {
     "realnvp": 300,
     "ebm": 3000,
-    "diffusion": 1200,
-    "vae": 3000,
-    "fm": 4000,
+    "diffusion": 600,
+    "vae": 1500,
+    "fm": 600,
     "maf": 400,
     "nsf": 500,
-    "made": 1500,
-    "gan": 2000,
-    "wgan-gp": 300,
+    "made": 1000,
+    "gan": 1000,
+    "wgan-gp": 200,
     "triangle": 800,
     "coop": 300,
 }
+#: families whose held-out log-density is cheap (no ODE, no AIS): the image tour validates them
+#: on a held-out tenth of the training images every DIGITS_VALIDATE_EVERY steps and keeps the
+#: best model (small image sets overfit: docs/benchmarks.md, digits)
+DIGITS_VALIDATED = ("realnvp", "maf", "nsf", "made", "vae")
+DIGITS_VALIDATE_EVERY = 50
 #: Steps of a family missing from :data:`DIGITS_STEPS`.
 DIGITS_DEFAULT_STEPS = 300
 #: Families the image tour does not train, with the reason shown in its table. Empty: every
@@ -236,6 +241,14 @@ def train_and_evaluate_image_family(
     return {**row, **metrics}
 
 
+def _steps(row: dict[str, Any]) -> str:
+    """The steps column: the steps run, and with validation the best step kept."""
+    run = row.get("steps_run", row["steps"])
+    if row.get("best_step") is None:
+        return str(run)
+    return f"{run} (best {row['best_step']}{', stopped early' if row.get('stopped_early') else ''})"
+
+
 def _one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
@@ -281,6 +294,8 @@ def run_image_tour(
         config = TrainConfig(
             **{**family.train_defaults, "steps": steps[name], "seed": seed, "progress": progress}
         )
+        if name in DIGITS_VALIDATED:  # cheap held-out densities: keep the best model seen
+            config.validate_every = min(DIGITS_VALIDATE_EVERY, config.steps)
         print(f"[tour] {name}: {steps[name]} steps on {dataset.name}", flush=True)
         row = train_and_evaluate_image_family(
             name, dataset, config, run_dir=out / "runs" / name, grid_path=out / f"{name}.png"

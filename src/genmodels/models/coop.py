@@ -209,7 +209,7 @@ class Coop(Model):
     SampleConfig: ClassVar[type[SampleConfig]] = CoopSampleConfig
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 1200, "lr": 1e-2, "batch_size": 256}
-    tour_steps: ClassVar[int] = 1000
+    tour_steps: ClassVar[int] = 700
     config: CoopConfig
 
     def __init__(self, dim: int, config: CoopConfig | None = None) -> None:

@@ -155,7 +155,7 @@ class FlowMatching(Model):
     SampleConfig: ClassVar[type[SampleConfig]] = FlowMatchingSampleConfig
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 12_000, "lr": 2e-3, "batch_size": 256}
-    tour_steps: ClassVar[int] = 2000
+    tour_steps: ClassVar[int] = 6000
     image_options: ClassVar[dict[str, Any]] = {"net": "unet"}
     #: checkpoints from before ``conditioning`` existed used the additive network
     options_before: ClassVar[dict[str, Any]] = {"conditioning": "add"}
