@@ -195,7 +195,7 @@ def test_conv_vae_lowers_the_held_out_bound_on_digits() -> None:
     ds = load_data("digits")
     test = ds.test[:150]
     y = dequantize(test, ds.levels, torch.Generator().manual_seed(0))
-    options = {"net": "conv", "hidden": 64, "latent_dim": 16, "kl_warmup": 100}
+    options = {"net": "conv", "logit": 0.0, "hidden": 64, "latent_dim": 16, "kl_warmup": 100}
 
     def run(steps: int) -> tuple[torch.Tensor, float]:
         cfg = TrainConfig(steps=steps, batch_size=64, lr=2e-3, progress=False, seed=0)
@@ -270,4 +270,4 @@ def test_image_data_gets_the_families_convolutional_net_unless_the_user_sets_it(
     flat = torch.randint(0, 16, (40, 24)).float()
     odd = Dataset(name="odd", dim=24, train=flat, levels=17, image_shape=(6, 4), source="odd")
     assert getattr(train(family, odd, cfg, options=small).model.config, option) == "mlp"
-    assert get_family(family).image_options == {option: value}
+    assert get_family(family).image_options[option] == value

@@ -320,7 +320,7 @@ class WGANGP(GAN):
     family = "wgan-gp"
     Config = WGANGPConfig
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 2000, "lr": 1e-4, "batch_size": 256}
-    tour_steps: ClassVar[int] = 500
+    tour_steps: ClassVar[int] = 300
 
     def __init__(self, dim: int, config: WGANGPConfig | None = None) -> None:
         super().__init__(dim, config)

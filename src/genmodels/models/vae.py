@@ -147,7 +147,8 @@ class VAE(Model):
     #: 0.29 nats, at 40,000 0.14 (docs/benchmarks.md)
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 40_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 2000
-    image_options: ClassVar[dict[str, Any]] = {"net": "conv"}
+    #: held-out digits (IWAE bound, early stopping): mlp 2.69, conv 2.46, conv + logit 0.01 2.05 bits/dim
+    image_options: ClassVar[dict[str, Any]] = {"net": "conv", "logit": 0.01}
     config: VAEConfig
 
     def __init__(self, dim: int, config: VAEConfig | None = None) -> None:
