@@ -182,13 +182,18 @@ class Model(nn.Module):
         self.shift.copy_(shift)
         self.scale.copy_(scale)
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Data-space x → the model's coordinates u (with logit on, through s = logit(p))."""
+    def _to_model_space(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(u, the logit's log|det ∂s/∂x| per row, or None when logit is off): one pass."""
         lam = self.logit_lambda
+        log_det = None
         if lam:
             self.check_logit_domain(x)
-            x, _ = logit_transform(x, lam)
-        return (x - self.shift) / self.scale
+            x, log_det = logit_transform(x, lam)
+        return (x - self.shift) / self.scale, log_det
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Data-space x → the model's coordinates u (with logit on, through s = logit(p))."""
+        return self._to_model_space(x)[0]
 
     def denormalize(self, u: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`normalize`: u → data space.
@@ -208,12 +213,11 @@ class Model(nn.Module):
         """log|det ∂u/∂x| of :meth:`normalize` at data-space x, per row (n,):
         −Σ_j log scale_j, plus the logit's Σ_j [log(1 − 2λ) − log p_j − log(1 − p_j)] when on.
         A family computing a data-space quantity of its own (an energy, a score) adds it."""
-        out = -torch.log(self.scale).sum().expand(x.shape[0])
-        lam = self.logit_lambda
-        if lam:
-            self.check_logit_domain(x)
-            out = out + logit_transform(x.to(self.scale.dtype), lam)[1]
-        return out
+        return self._log_det(self._to_model_space(x.to(self.scale.dtype))[1], x.shape[0])
+
+    def _log_det(self, logit_log_det: torch.Tensor | None, n: int) -> torch.Tensor:
+        out = -torch.log(self.scale).sum().expand(n)
+        return out if logit_log_det is None else out + logit_log_det
 
     def prepare(self, x: torch.Tensor, generator: torch.Generator, progress: bool = False) -> None:
         """Data-dependent set-up, called once by the training loop before the first step of a
@@ -279,11 +283,9 @@ class Model(nn.Module):
         """
         if not self.has_log_prob:
             raise NotSupportedError(f"the {self.family} family has no log-density; it can only be sampled")
-        x = x.to(self.scale.dtype)
-        inner = self._log_prob(self.normalize(x), **options)
-        if not self.logit_lambda:
-            return LogDensity(inner.values - torch.log(self.scale).sum(), inner.kind)
-        return LogDensity(inner.values + self.log_det_normalize(x), inner.kind)
+        u, logit_log_det = self._to_model_space(x.to(self.scale.dtype))
+        inner = self._log_prob(u, **options)
+        return LogDensity(inner.values + self._log_det(logit_log_det, x.shape[0]), inner.kind)
 
     def _sample(self, n: int, *, generator: torch.Generator | None, **options: Any) -> torch.Tensor:
         """Samples in normalized coordinates u (families implement this)."""
