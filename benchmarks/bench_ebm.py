@@ -43,6 +43,7 @@ METHODS: dict[str, dict[str, str]] = {
     "mle-short-run": {"method": "mle", "chains": "short-run"},
     "mle-flow": {"method": "mle", "reference": "flow"},
     "mle-floor": {"method": "mle", "energy_floor": 20.0},
+    "mle-plain": {"method": "mle", "data_noise": 0.0, "reinit_from": "reference"},
     "cd": {"method": "cd"},
     "nce": {"method": "nce"},
     "nce-flow": {"method": "nce", "reference": "flow"},

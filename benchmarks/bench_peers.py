@@ -61,7 +61,8 @@ and skipped, and the rest runs.
     + ``LULinearPermute`` per layer, ``num_blocks=1`` (its smallest residual MADE: 3 hidden
     linear maps), 64 hidden units, 8 bins, ``tail_bound=4`` (ours).
   - fm: independent coupling, σ = 0, straight paths for both. Ours: ``TimeMLP`` 128 wide, 3
-    hidden layers, sinusoidal time embedding (64) and a projection of it per layer (SiLU).
+    hidden layers, a sinusoidal time embedding (16) concatenated to x (SiLU), and without the
+    Fourier features of x that our default adds (``fourier=0``, :data:`SAME_NETWORK`).
     torchcfm: ``ConditionalFlowMatcher(sigma=0)`` with ``models.MLP(2, w=128,
     time_varying=True)``, 3 hidden layers 128 wide, t concatenated to x (SELU).
   - vae: latent 2, encoder and decoder MLPs 128 wide with 3 hidden layers (SiLU) on both sides
@@ -118,6 +119,9 @@ from genmodels.train import TrainConfig, TrainingDiverged, train
 from genmodels.types import LogDensity
 
 TARGETS = ["8gaussians", "moons"]
+#: our options that give the peers' network (everything else is our default): torchcfm's MLP
+#: sees x itself, so ours is compared without the Fourier features of its default input
+SAME_NETWORK: dict[str, dict[str, Any]] = {"fm": {"fourier": 0}}
 #: our family → the peers it is measured against
 PEERS: dict[str, list[str]] = {"nsf": ["zuko", "normflows"], "fm": ["torchcfm"], "vae": ["pythae"]}
 #: peer → the modules it needs (torchcfm imports POT)
@@ -380,7 +384,7 @@ def run(family: str, side: str, target: str, args: argparse.Namespace) -> dict[s
     """Build, train for the budget and score one model: ours (``side="ours"``) or a peer."""
     fam = FAMILIES[family]
     if side == "ours":
-        model = build_model(family, get_target(target).dim, {}, seed=args.seed)
+        model = build_model(family, get_target(target).dim, SAME_NETWORK.get(family, {}), seed=args.seed)
         lib = "genmodels"
     else:
         with torch.random.fork_rng(devices=[]):

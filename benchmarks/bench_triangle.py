@@ -106,11 +106,20 @@ def _modes(samples: torch.Tensor, target) -> dict:
 
 
 def score_ebm(model, target, seed: int) -> dict:
-    """KL(truth ‖ π_α), quadrature log Z (exact), and the modes of exact (grid) draws of π_α."""
-    ebm = model.ebm if model.family in ("triangle", "coop") else model
+    """KL(truth ‖ π_α), quadrature log Z (exact), and the modes of exact (grid) draws of π_α.
+
+    The triangle's and CoopNets' EBMs live in their model's standardized coordinates u (the inner
+    ``model.ebm`` is not standardized itself), so they are scored through the model: its
+    ``log_prob`` is the EBM's, in data space, and grid draws of ``model.ebm`` are mapped back by
+    x = shift + scale · u. (Until session 7 this scored ``model.ebm`` on data-space points as if
+    they were u: KLs of 5 to 10⁵ nats that were this script's error, not the models'.)"""
     g = torch.Generator().manual_seed(seed)
-    kl = kl_to_truth(ebm, target, N_KL, g)
-    draws = ebm.sample(N_MODES, generator=g, sampler="grid").detach().cpu().float()
+    kl = kl_to_truth(model, target, N_KL, g)
+    if model.family in ("triangle", "coop"):
+        u = model.ebm.sample(N_MODES, generator=g, sampler="grid").detach()
+        draws = (model.shift + model.scale * u).cpu().float()
+    else:
+        draws = model.sample(N_MODES, generator=g, sampler="grid").detach().cpu().float()
     return {"kl": kl.value, "kl_stderr": kl.stderr, "kl_kind": kl.kind, **_modes(draws, target)}
 
 

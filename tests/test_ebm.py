@@ -291,6 +291,8 @@ def test_resume_is_bit_exact_with_persistent_chains(tmp_path: Path):
         ({"kernel": "nuts"}, "unknown kernel"),
         ({"reinit": 1.5}, "reinit"),
         ({"step_size": 0.0}, "step_size"),
+        ({"data_noise": -0.1}, "data_noise"),
+        ({"data_noise_fraction": 1.5}, "data_noise_fraction"),
     ],
 )
 def test_bad_options_are_named(bad, message):
@@ -449,3 +451,55 @@ def test_the_energy_floor_bounds_f_below_and_leaves_it_alone_above():
     assert bool((f >= -20.0).all())
     with pytest.raises(ValueError, match="energy_floor"):
         EBM(2, EBMConfig(energy_floor=-1.0))
+
+
+def test_data_noise_anneals_geometrically_over_its_share_of_the_run():
+    model = _prepared(EBMConfig(method="mle", hidden=16, depth=1, mcmc_steps=2, buffer_size=64))
+    model.plan(400)  # default: σ₀ = 0.3 → 0.003 over the first half, 200 updates, then 0
+    expected = ((0, 0.3), (50, 0.3 * 0.01**0.25), (100, 0.03), (199, 0.3 * 0.01**0.995), (200, 0), (300, 0))
+    for updates, sigma in expected:
+        model.updates.fill_(updates)
+        assert model.data_noise_level() == pytest.approx(sigma)
+    # the positive phase sees the data convolved with N(0, σ²I): its spread is σ
+    model.updates.fill_(0)
+    u = torch.zeros(20_000, 2)
+    noised = model._noised(u, torch.Generator().manual_seed(0))
+    assert float(noised.std()) == pytest.approx(0.3, abs=4 * 0.3 / math.sqrt(2 * noised.numel()))
+    off = _prepared(EBMConfig(method="mle", hidden=16, depth=1, buffer_size=8, data_noise=0.0))
+    assert off.data_noise_level() == 0.0 and torch.equal(off._noised(u, None), u)
+
+
+def test_the_training_loop_plans_the_noise_schedule_and_counts_updates(tmp_path: Path):
+    opts = {"method": "mle", "hidden": 16, "depth": 1, "mcmc_steps": 2, "buffer_size": 64}
+    result = train("ebm", "8gaussians", TrainConfig(steps=20, progress=False), options=opts)
+    assert int(result.model.updates) == 20 and result.model._planned_steps == 20
+    assert result.model.data_noise_level() == 0.0  # annealed by the middle of the run
+
+
+def test_checkpoints_from_before_the_noise_schedule_still_load():
+    config = EBMConfig(method="mle", hidden=16, depth=1, mcmc_steps=2, buffer_size=32)
+    state = {k: v for k, v in _prepared(config).state_dict().items() if k != "updates"}
+    fresh = EBM(2, config)
+    fresh.load_state_dict(state, strict=True)
+    assert int(fresh.updates) == 0  # (their configs load with data_noise 0: test_train.py)
+
+
+def test_tempered_chains_adapt_their_steps_at_every_kernel_step():
+    # Steps 100× too long for a Gaussian energy of width 0.05: the cold chains reject nearly
+    # every move, and each of the mcmc_steps // T kernel steps shrinks the step by
+    # exp(κ·(acceptance − 0.574)); adapting once per visit would shrink it by that once.
+    from genmodels.models.ebm import STEP_ADAPT_RATE
+
+    model = _prepared(
+        EBMConfig(method="mle", energy="quadratic", mcmc_steps=40, buffer_size=64, step_size=0.25)
+    )
+    with torch.no_grad():
+        model.f_net.raw.copy_(400.0 * torch.eye(2))
+    before = model.chain_step.clone()
+    model.step(torch.zeros(64, 2) + model.shift, torch.Generator().manual_seed(2))
+    kernel_steps = 40 // 4
+    once = math.exp(STEP_ADAPT_RATE * (0.1 - 0.574))
+    ratio = model.chain_step / before
+    moved = ratio < 1  # the chains this update visited
+    assert moved.sum() > 32
+    assert float(ratio[moved].max()) < once ** (kernel_steps / 2)

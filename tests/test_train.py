@@ -172,6 +172,7 @@ def test_global_rng_is_untouched(tmp_path: Path) -> None:
     [
         ("fm", {"hidden": 16, "depth": 1, "emb_dim": 8}),
         ("diffusion", {"hidden": 16, "depth": 1, "emb_dim": 8}),
+        ("ebm", {"hidden": 16, "depth": 1}),
     ],
 )
 def test_checkpoints_from_before_a_new_option_load_with_the_old_architecture(tmp_path, family, small) -> None:

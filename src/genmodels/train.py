@@ -380,6 +380,7 @@ def _train(
     if record is None:
         reference = dataset.sample_reference(PREPARE_SAMPLES, config.seed).to(device, model.shift.dtype)
         model.prepare(reference, torch.Generator().manual_seed(config.seed + 2), progress=config.progress)
+    model.plan(config.steps)
     optimizers = model.configure_optimizers(config.lr)
     if dctx.active:
         ddp.wrap(model, dctx)

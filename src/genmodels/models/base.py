@@ -228,6 +228,11 @@ class Model(nn.Module):
         e.g. the energy-based model fits its reference distribution here.
         """
 
+    def plan(self, steps: int) -> None:
+        """Told by the training loop how many steps the run has, before its first step (also on
+        resume). The default does nothing; e.g. the energy-based model anneals its data noise
+        over a fraction of the run."""
+
     # -- optimisation -----------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         """Create (and keep) the optimisers; the default is one Adam over all parameters."""

@@ -7,7 +7,9 @@ Model via MCMC Teaching", AAAI 2018. Two models of the same data learn together:
 - the **EBM** ("descriptor") π_α(u) = exp(f_α(u)) q(u) / Z(α), with f_α the negative energy
   and q the Gaussian reference fitted to the data: exactly the library's
   :class:`~genmodels.models.ebm.EBM` (its network, reference, quadrature / AIS log Z and
-  training-health logic are reused, not copied);
+  training-health logic are reused, not copied). The submodule ``ebm`` works in this model's
+  standardized coordinates u (its own standardization is the identity): score it through this
+  model's ``log_prob``, or map its draws back with x = shift + scale · u;
 - the **generator** u = g_θ(z) + σ ε, z ~ N(0, I_k), ε ~ N(0, I_d): a latent-variable model
   (a non-linear factor analysis) with an MLP g_θ (``genmodels.nets.mlp``).
 
@@ -227,6 +229,8 @@ class Coop(Model):
             depth=c.depth,
             activation=c.activation,
             grid_size=c.grid_size,
+            data_noise=0.0,  # the joint models learn from the data itself
+            reinit_from="reference",
         )
         #: the energy-based model π(u) ∝ exp(f(u)) q(u); it lives in this model's u-space
         #: (its own shift and scale stay 0 and 1)

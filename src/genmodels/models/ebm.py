@@ -27,7 +27,12 @@ Methods (``method``):
   Tieleman 2008, Du & Mordatch 2019) or ``"short-run"`` (every step starts fresh from q and
   runs ``mcmc_steps`` steps; Nijkamp et al. 2019: the learned short-run sampler, not p_θ, is
   then the model's sampler). Persistent chains do not mix between well-separated modes, so
-  the relative weights of such modes are not learned (docs/benchmarks.md, rings).
+  the relative weights of such modes are not learned without tempering (docs/benchmarks.md,
+  rings): by default every persistent chain has hotter replicas (``temperatures``). On sharp
+  modes the model sharpens faster than chains revisited every ``buffer_size``/batch updates can
+  follow, and the energy runs away; by default the data is therefore convolved with noise
+  annealed to zero over the first half of the run (``data_noise``), restarted chains start at
+  data points (``reinit_from``), and step sizes adapt at every kernel step.
 - ``"cd"``: contrastive divergence, the same loss with chains started at the data batch
   (Hinton 2002). With C(θ) = KL(p_data‖p_θ) − KL(p_θt‖p_θ), the corrected form of tutorial §3
   ([C] in ``shared/tutorial.md``) is ∂C/∂θ = −E_data[∇f_θ] + E_{p_θt}[∇f_θ], the very
@@ -127,9 +132,11 @@ class EBMConfig(ModelConfig):
     family exp(β f̃) N(0, I), f̃ = f + log q − log N(0, I), exchanged by parallel tempering
     (tutorial §4) so that chains move between separated modes and keep their weights; 1 = no
     tempering"""
-    reinit_from: Literal["reference", "data", "uniform"] = "reference"
-    """where restarted (and initial) persistent chains start: draws of q, or data points (as
-    in contrastive divergence; the chains then run on and forget their start)"""
+    reinit_from: Literal["reference", "data", "uniform"] = "data"
+    """where restarted (and initial) persistent chains start: data points (as in contrastive
+    divergence; the chains then run on and forget their start), draws of q, or uniform over
+    the quadrature box. From data, chains stuck between sharp modes are replaced by chains in
+    them (with ``data_noise`` this is what kept mle stable on the PacGAN grid)"""
     energy_reg: float = 0.0
     """weight α of the penalty α·(mean f(x)² + mean f(x̃)²) (Du & Mordatch 2019); 0 is pure MLE"""
     gap_reg: float = 0.0
@@ -141,6 +148,16 @@ class EBMConfig(ModelConfig):
     network. Where the model has next to no mass f is flat, so persistent chains stuck there
     diffuse out instead of being pushed deeper (the runaway of sharp targets); the mass the
     floor adds is ≤ e^{−F} of q's. 0 = no floor"""
+    data_noise: float = 0.3
+    """σ₀ (mle and cd): learn from the data convolved with N(0, σ²I) in standardized units, σ
+    annealed geometrically from σ₀ to σ₀/100 over the first ``data_noise_fraction`` of the run,
+    then 0. The model sharpens gradually from a smooth density, and persistent chains follow its
+    modes as they narrow instead of having to find modes that are already sharp. The geometric
+    schedule narrows every mode wider than σ₀/100 at the same relative rate, whatever its width
+    (a linear one narrows sharp modes fastest at its end). Without it (0 = off) mle diverged on
+    the PacGAN grid (modes 0.018 wide in standardized units); docs/benchmarks.md"""
+    data_noise_fraction: float = 0.5
+    """share of the training steps over which the data noise anneals to 0"""
     grid_size: int = 400
     """cells per axis of the quadrature grid for log Z in 1-D and 2-D"""
     max_energy_gap: float = 1e4
@@ -195,6 +212,8 @@ class EBM(Model):
     has_log_prob: ClassVar[bool] = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-2, "batch_size": 256, "warmup": 0.25}
     tour_steps: ClassVar[int] = 3000
+    #: checkpoints from before the data-noise schedule learned from the data itself
+    options_before: ClassVar[dict[str, Any]] = {"data_noise": 0.0}
     config: EBMConfig
 
     def __init__(self, dim: int, config: EBMConfig | None = None) -> None:
@@ -230,11 +249,13 @@ class EBM(Model):
         self.register_buffer("mcmc_step_size", torch.tensor(float(c.step_size), dtype=torch.float64))
         self.register_buffer("lr_factor", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer("recoveries", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("updates", torch.tensor(0, dtype=torch.int64))
         self.register_buffer("prepared", torch.tensor(False))
         self._snapshot: dict[str, Any] | None = None
         self._last_logs: dict[str, float] = {}
         self._healthy_steps = 0
         self._logz_cache: tuple[tuple, Any] | None = None
+        self._planned_steps = int(self.train_defaults["steps"])  # until the loop says (plan)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
         # Checkpoints from before per-replica step sizes: the hot replicas start from the cold
@@ -242,6 +263,8 @@ class EBM(Model):
         key = prefix + "hot_step"
         if key not in state_dict and prefix + "chain_step" in state_dict:
             state_dict[key] = state_dict[prefix + "chain_step"].expand_as(self.hot_step).clone()
+        if prefix + "updates" not in state_dict:  # checkpoints from before the data-noise schedule
+            state_dict[prefix + "updates"] = torch.zeros((), dtype=torch.int64)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the density ------------------------------------------------------------------
@@ -442,6 +465,7 @@ class EBM(Model):
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return self._recover(opt, logs)
         self._healthy_steps += 1
+        self.updates += 1
         if self._healthy_steps % SNAPSHOT_EVERY == 0:
             self._take_snapshot(opt)
         self._last_logs = logs
@@ -450,6 +474,7 @@ class EBM(Model):
     def _ml_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         """MLE / CD: mean f(x̃) − mean f(x) (+ the optional energy penalty), with health logs."""
         c = self.config
+        u = self._noised(u, generator)
         n = u.shape[0]
         idx = None
         if c.method == "cd":
@@ -471,7 +496,7 @@ class EBM(Model):
             if self.hot_chains.shape[0]:
                 hot_eps = self.hot_step[:, idx]
                 steps = torch.cat([hot_eps, eps[None]])
-                neg, hot, acc_all, grad = self._tempered_chains(
+                neg, hot, acc_all, grad, adapted = self._tempered_chains(
                     start, self.hot_chains[:, idx], steps, generator
                 )
                 acc = acc_all[-1]
@@ -479,10 +504,13 @@ class EBM(Model):
                 neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
             if bool(torch.isfinite(neg).all()):
                 self.chains[idx] = neg
-                self.chain_step[idx] = self._adapted(eps, acc)
-                if self.hot_chains.shape[0] and bool(torch.isfinite(hot).all()):
-                    self.hot_chains[:, idx] = hot
-                    self.hot_step[:, idx] = self._adapted(hot_eps, acc_all[:-1])
+                if self.hot_chains.shape[0]:
+                    self.chain_step[idx] = adapted[-1]
+                    if bool(torch.isfinite(hot).all()):
+                        self.hot_chains[:, idx] = hot
+                        self.hot_step[:, idx] = adapted[:-1]
+                else:
+                    self.chain_step[idx] = self._adapted(eps, acc)
             self.mcmc_step_size.fill_(float(self.chain_step.median()))
         stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
         f_data, f_neg = self.f(u), self.f(neg)
@@ -492,6 +520,28 @@ class EBM(Model):
         if c.gap_reg > 0:
             loss = loss + c.gap_reg * (f_data.mean() - f_neg.mean()) ** 2
         return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
+
+    def plan(self, steps: int) -> None:
+        self._planned_steps = int(steps)
+
+    def data_noise_level(self) -> float:
+        """The current σ of the annealed data noise: σ₀·0.01^(k/K) after k of the K =
+        ``data_noise_fraction``·steps annealing updates, 0 after them or when off."""
+        c = self.config
+        span = c.data_noise_fraction * self._planned_steps
+        if c.data_noise <= 0 or span <= 0:
+            return 0.0
+        progress = int(self.updates) / span
+        if progress >= 1.0:
+            return 0.0
+        return c.data_noise * DATA_NOISE_END**progress
+
+    def _noised(self, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        sigma = self.data_noise_level()
+        if sigma == 0.0:
+            return u
+        noise = torch.randn(u.shape, generator=generator, dtype=u.dtype, device=u.device)
+        return u + sigma * noise
 
     def _restarts(self, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Starting points for restarted persistent chains, one per row of the batch ``u``."""
@@ -554,7 +604,8 @@ class EBM(Model):
         """``mcmc_steps // T`` parallel-tempering steps (MALA at every β with the step sizes
         ``steps`` (T, n), then neighbour swaps) of the replicas ``hot`` (T − 1, n, d) and ``cold``
         (n, d, at β = 1). Returns the cold positions, the hot positions, every chain's mean
-        acceptance (T, n) and the cold chains' gradient norms (n,)."""
+        acceptance (T, n), the cold chains' gradient norms (n,) and the step sizes (T, n) adapted after
+        every kernel step (:meth:`_adapted`)."""
         T = hot.shape[0] + 1
         n_steps = max(1, self.config.mcmc_steps // T)
         pt = ParallelTempering(MALA(step_size=steps.reshape(-1, 1)), geometric_ladder(T))
@@ -567,11 +618,17 @@ class EBM(Model):
             acc = torch.zeros(steps.shape, device=self.device, dtype=cold.dtype)
             for _ in range(n_steps):
                 state, info = pt.step(state, generator)
-                acc = acc + info.chain_acceptance.to(acc.dtype)
+                step_acc = info.chain_acceptance.to(acc.dtype)
+                acc = acc + step_acc
+                # Adapt after every kernel step, not once per visit: a persistent chain is
+                # revisited only every buffer_size / batch updates, and a model that sharpens
+                # faster than that leaves its chains with steps far too long (acceptance → 0).
+                steps = self._adapted(steps, step_acc)
+                pt.kernel = MALA(step_size=steps.reshape(-1, 1))
         positions = state.positions().detach()
         n = cold.shape[0]
         grad = state.inner.grad.reshape(T, n, -1)[-1].norm(dim=-1)
-        return positions[-1], positions[:-1], acc / n_steps, grad
+        return positions[-1], positions[:-1], acc / n_steps, grad, steps
 
     def _adapted(self, step_size: torch.Tensor, acceptance: torch.Tensor) -> torch.Tensor:
         """Robbins–Monro step toward the kernel's target acceptance, per chain:
@@ -693,6 +750,8 @@ class EBM(Model):
 
 #: healthy steps between in-memory snapshots used to recover from divergence
 SNAPSHOT_EVERY = 100
+#: the data noise anneals geometrically from σ₀ to DATA_NOISE_END·σ₀, then stops (EBMConfig.data_noise)
+DATA_NOISE_END = 0.01
 #: κ of the Robbins–Monro step-size update log Δt += κ·(acceptance − target)
 STEP_ADAPT_RATE = 0.1
 
@@ -751,6 +810,11 @@ def _validate(c: EBMConfig) -> None:
         (0.0 <= c.reference_mix < 1.0, f"reference_mix must be in [0, 1), got {c.reference_mix}"),
         (c.grid_size >= 8, f"grid_size must be >= 8, got {c.grid_size}"),
         (c.energy_floor >= 0, f"energy_floor must be >= 0 (0 = none), got {c.energy_floor}"),
+        (c.data_noise >= 0, f"data_noise must be >= 0 (0 = off), got {c.data_noise}"),
+        (
+            0.0 <= c.data_noise_fraction <= 1.0,
+            f"data_noise_fraction must be in [0, 1], got {c.data_noise_fraction}",
+        ),
         (c.temperatures >= 1, f"temperatures must be >= 1, got {c.temperatures}"),
         (c.hidden >= 1 and c.depth >= 1, "hidden and depth must be >= 1"),
     ]

@@ -82,7 +82,10 @@ only with the penalty nearly gone (λ = 0: 0.19, generator 0.30), which breaks t
 
 **Densities.** ``log_prob(x)`` (no options) is the EBM's, log π_α(x), kind "exact" in 2-D
 (quadrature) and "estimate" (AIS) otherwise: the better defined of the two, since the
-generator's marginal p_θ(x) = ∫ p(z) p_θ(x|z) dz has only bounds. ``model="generator"`` gives
+generator's marginal p_θ(x) = ∫ p(z) p_θ(x|z) dz has only bounds. The submodules ``ebm`` and
+``vae`` work in this model's standardized coordinates u (their own standardization is the
+identity): score them through this model (``log_prob``, ``sample``), or map their draws back
+with x = shift + scale · u. ``model="generator"`` gives
 the generator's importance-weighted lower bound from the inference model (Burda et al. 2016),
 kind "lower_bound". ``sample`` draws from the generator, optionally refined by Langevin/MALA
 steps on the EBM (``refine_steps``).
@@ -261,6 +264,8 @@ class Triangle(Model):
                 depth=c.ebm_depth,
                 activation=c.activation,
                 grid_size=c.grid_size,
+                data_noise=0.0,  # the joint models learn from the data itself
+                reinit_from="reference",
             ),
         )
         self.latent_dim = self.vae.latent_dim
