@@ -366,8 +366,8 @@ class Coop(Model):
 
         if not all(bool(torch.isfinite(p).all()) for p in ebm.parameters()):
             return ebm._recover(opt_e, logs)
-        ebm._healthy_steps += 1
-        if ebm._healthy_steps % SNAPSHOT_EVERY == 0:
+        ebm.updates += 1
+        if int(ebm.updates) % SNAPSHOT_EVERY == 0:
             ebm._take_snapshot(opt_e)
         ebm._last_logs = logs
         return logs

@@ -154,8 +154,10 @@ class EBMConfig(ModelConfig):
     then 0. The model sharpens gradually from a smooth density, and persistent chains follow its
     modes as they narrow instead of having to find modes that are already sharp. The geometric
     schedule narrows every mode wider than σ₀/100 at the same relative rate, whatever its width
-    (a linear one narrows sharp modes fastest at its end). Without it (0 = off) mle diverged on
-    the PacGAN grid (modes 0.018 wide in standardized units); docs/benchmarks.md"""
+    (a linear one narrows sharp modes fastest at its end); the noise levels form a geometric
+    sequence as in Song & Ermon 2019 (NCSN), here annealed while learning rather than sampling.
+    Without it (0 = off) mle diverged on the PacGAN grid (modes 0.018 wide in standardized
+    units); docs/benchmarks.md"""
     data_noise_fraction: float = 0.5
     """share of the training steps over which the data noise anneals to 0"""
     grid_size: int = 400
@@ -253,7 +255,6 @@ class EBM(Model):
         self.register_buffer("prepared", torch.tensor(False))
         self._snapshot: dict[str, Any] | None = None
         self._last_logs: dict[str, float] = {}
-        self._healthy_steps = 0
         self._logz_cache: tuple[tuple, Any] | None = None
         self._planned_steps = int(self.train_defaults["steps"])  # until the loop says (plan)
 
@@ -464,9 +465,8 @@ class EBM(Model):
         opt.step()
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
             return self._recover(opt, logs)
-        self._healthy_steps += 1
-        self.updates += 1
-        if self._healthy_steps % SNAPSHOT_EVERY == 0:
+        self.updates += 1  # healthy updates: the snapshots' and the data noise's clock
+        if int(self.updates) % SNAPSHOT_EVERY == 0:
             self._take_snapshot(opt)
         self._last_logs = logs
         return logs
