@@ -171,9 +171,9 @@ def main() -> None:
     print(f"real floor: {sample_summary(floor)}", flush=True)
     rows = []
     for family in args.families:
-        defaults = FAMILIES[family].train_defaults
-        config = TrainConfig(**{**defaults, "seed": args.seed, "device": args.device, "progress": False})
         options = family_options.get(family, {})
+        defaults = FAMILIES[family].train_defaults_for(options)
+        config = TrainConfig(**{**defaults, "seed": args.seed, "device": args.device, "progress": False})
         if args.validate_every:
             config.validate_every, config.patience = args.validate_every, args.patience
         if args.batch_size is not None:

@@ -44,9 +44,11 @@ METHODS: dict[str, dict[str, str]] = {
     "mle-flow": {"method": "mle", "reference": "flow"},
     "mle-floor": {"method": "mle", "energy_floor": 20.0},
     "mle-plain": {"method": "mle", "data_noise": 0.0, "reinit_from": "reference"},
+    "mle-no-fourier": {"method": "mle", "fourier_features": 0},
     "cd": {"method": "cd"},
     "nce": {"method": "nce"},
     "nce-flow": {"method": "nce", "reference": "flow"},
+    "nce-maf": {"method": "nce", "reference": "flow", "flow_family": "maf"},
 }
 TARGETS = ["8gaussians", "rings", "checkerboard", "ring8", "grid25"]
 KL_BAR, HQ_BAR, TIME_BAR = 0.10, 0.95, 600.0
@@ -55,7 +57,7 @@ BAR_METHODS = ("mle", "nce-flow")
 
 def run(method: str, target_name: str, steps: int | None, seed: int) -> dict:
     target = get_target(target_name)
-    cfg = TrainConfig(**{**EBM.train_defaults, "seed": seed, "progress": False})
+    cfg = TrainConfig(**{**EBM.train_defaults_for(METHODS[method]), "seed": seed, "progress": False})
     if steps is not None:
         cfg.steps = steps
     t0 = time.perf_counter()
@@ -153,7 +155,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# bench_ebm — {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}")
     print(f"machine: {platform.platform()}, torch {torch.__version__}, {torch.get_num_threads()} thread(s)")
-    print(f"defaults: {EBM.train_defaults}\n", flush=True)
+    print(f"defaults: {EBM.train_defaults}, by option: {EBM.train_defaults_by_option}\n", flush=True)
     rows = []
     for target in args.targets:
         for method in args.methods:

@@ -64,7 +64,7 @@ def verdict(r: dict) -> str:
 
 
 def run(family: str, target_name: str, steps: int | None, seed: int, options: dict) -> dict:
-    defaults = FAMILIES[family].train_defaults
+    defaults = FAMILIES[family].train_defaults_for(options)
     cfg = TrainConfig(**{**defaults, "seed": seed, "progress": False})
     if steps is not None:
         cfg.steps = steps

@@ -199,6 +199,15 @@ def test_ebm_with_each_method_through_every_command(tmp_path: Path, capsys) -> N
         code, out, err = run([*args, *EBM_TINY], capsys)
         assert code == 0, err
         assert "trained ebm for 60 steps" in out
+        # the default learning rate follows the method (mle and cd: 3e-3, nce: 1e-2)
+        lr = json.loads((run_dir / "checkpoint.json").read_text())["train_config"]["lr"]
+        assert lr == (1e-2 if method == "nce" else 3e-3), (method, lr)
+    given = tmp_path / "given-lr"
+    code, _, err = run(
+        ["train", "ebm", "--method", "mle", "--lr", "0.02", "--out", str(given), *EBM_TINY], capsys
+    )
+    assert code == 0, err
+    assert json.loads((given / "checkpoint.json").read_text())["train_config"]["lr"] == 0.02
     run_dir = tmp_path / "cd"
     code, _, err = run(
         ["sample", str(run_dir), "--n", "50", "--out", str(tmp_path / "s.npy"), "--option", "sampler=grid"],

@@ -97,6 +97,23 @@ def test_flat_vectors_are_channel_major_planes() -> None:
     assert out[:, :64].std() > 0
 
 
+def test_zero_last_starts_the_output_at_zero_and_leaves_the_default_alone() -> None:
+    """zero_last (the EBM's f, CoopNets' generator residual): output exactly 0 at the start;
+    off by default, where the same seed gives the same weights as before the option."""
+    torch.manual_seed(0)
+    enc, dec = ConvEncoder(8, 2, zero_last=True), ConvDecoder(3, 8, zero_last=True)
+    assert torch.equal(enc(torch.randn(4, 64)), torch.zeros(4, 2))
+    assert torch.equal(dec(torch.randn(4, 3)), torch.zeros(4, 64))
+    torch.manual_seed(1)
+    a = ConvDecoder(3, 8)
+    torch.manual_seed(1)
+    b = ConvDecoder(3, 8, zero_last=True)
+    last = f"convs.{len(a.convs) - 1}."
+    for (name, p), q in zip(a.named_parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q) != name.startswith(last), name  # all equal but the zeroed layer
+    assert a.convs[-1].weight.abs().max() > 0
+
+
 # ---------------------------------------------------------------------------------------
 # every new option
 # ---------------------------------------------------------------------------------------
@@ -255,13 +272,25 @@ def test_unet_flow_lowers_the_held_out_loss_on_digits() -> None:
 
 @pytest.mark.parametrize(
     ("family", "option", "value"),
-    [("vae", "net", "conv"), ("gan", "net", "conv"), ("wgan-gp", "net", "conv"), ("fm", "net", "unet")],
+    [
+        ("vae", "net", "conv"),
+        ("gan", "net", "conv"),
+        ("wgan-gp", "net", "conv"),
+        ("fm", "net", "unet"),
+        ("ebm", "energy", "conv"),
+        ("coop", "net", "conv"),
+    ],
 )
 def test_image_data_gets_the_families_convolutional_net_unless_the_user_sets_it(family, option, value):
     from genmodels.data.dataset import Dataset
     from genmodels.models import get_family
 
-    small = {"vae": {"hidden": 64}, "fm": {"hidden": 64}}.get(family, {"g_hidden": 64, "d_hidden": 64})
+    small = {
+        "vae": {"hidden": 64},
+        "fm": {"hidden": 64},
+        "ebm": {"hidden": 64},
+        "coop": {"hidden": 64, "g_hidden": 64, "langevin_steps": 2, "buffer_chains": 16, "buffer_size": 32},
+    }.get(family, {"g_hidden": 64, "d_hidden": 64})
     cfg = TrainConfig(steps=1, batch_size=16, progress=False, seed=0)
     assert getattr(train(family, "digits", cfg, options=small).model.config, option) == value
     mlp = train(family, "digits", cfg, options={**small, option: "mlp"}).model

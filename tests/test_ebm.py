@@ -170,7 +170,8 @@ RUNS = {
 def trained() -> dict[str, EBM]:
     out = {}
     for name, opts in RUNS.items():
-        cfg = TrainConfig(steps=600, lr=1e-2, progress=False, seed=0)
+        lr = EBM.train_defaults_for(opts)["lr"]  # mle, cd: 3e-3; nce: 1e-2
+        cfg = TrainConfig(steps=600, lr=lr, progress=False, seed=0)
         out[name] = train("ebm", "8gaussians", cfg, options=opts).model
     return out
 
@@ -300,13 +301,15 @@ def test_bad_options_are_named(bad, message):
         build_model("ebm", 2, bad)
 
 
-def test_flow_reference_is_a_normalized_defensive_mixture(tmp_path: Path):
-    """reference=flow trains a RealNVP on the data first; q = (1 − w) flow + w Gaussian is a
-    normalized density (its quadrature log Z is 0) and survives a checkpoint round trip."""
+@pytest.mark.parametrize("flow_family", ["realnvp", "maf"])
+def test_flow_reference_is_a_normalized_defensive_mixture(tmp_path: Path, flow_family: str):
+    """reference=flow trains a flow of the library on the data first; q = (1 − w) flow + w
+    Gaussian is a normalized density (its quadrature log Z is 0) and survives a checkpoint
+    round trip."""
     from genmodels.quadrature import grid_log_partition
     from genmodels.train import load_run
 
-    opts = {"reference": "flow", "flow_steps": 60, "hidden": 16, "depth": 1}
+    opts = {"reference": "flow", "flow_family": flow_family, "flow_steps": 60, "hidden": 16, "depth": 1}
     cfg = TrainConfig(steps=20, progress=False)
     model = train("ebm", "8gaussians", cfg, out=tmp_path / "run", options=opts).model
     lo, hi = model.box_lo - 2, model.box_hi + 2
@@ -319,6 +322,38 @@ def test_flow_reference_is_a_normalized_defensive_mixture(tmp_path: Path):
     u = torch.randn(16, 2)
     assert torch.allclose(restored.log_q(u), model.log_q(u))
     assert torch.allclose(restored.log_prob(u).values, model.log_prob(u).values, atol=1e-5)
+
+
+def test_a_target_as_reference_is_normalized_in_u_and_nce_learns_nothing_to_correct(tmp_path: Path):
+    """reference=target: q is the target's density carried into u with its Jacobian (a
+    normalized density there: quadrature log Z 0, whatever the standardization), so with the
+    data's own target as q and no Gaussian share NCE's optimum is f + c = 0; the model
+    survives a checkpoint round trip (the target is rebuilt from its name)."""
+    from genmodels.quadrature import grid_log_partition
+    from genmodels.train import load_run
+
+    opts = {"reference": "target", "reference_target": "8gaussians", "reference_mix": 0.0, "hidden": 16}
+    cfg = TrainConfig(steps=300, batch_size=512, progress=False, seed=0)
+    model = train("ebm", "8gaussians", cfg, out=tmp_path / "run", options=opts).model
+    assert not torch.allclose(model.scale, torch.ones(2))  # the Jacobian term matters
+    with torch.no_grad():
+        res = grid_log_partition(model.log_q, model.box_lo - 2, model.box_hi + 2, n=400)
+    assert abs(res.value) <= res.error + 5e-3, res
+    u = model.sample_q(2000, torch.Generator().manual_seed(0))
+    target = get_target("8gaussians")
+    d = torch.cdist(model.denormalize(u), target.mode_centers).min(1).values
+    assert (d < 3 * target.mode_std).float().mean() > 0.97  # q's draws are the target's (99 % HQ)
+    with torch.no_grad():
+        logit = model.f(u) + model.c
+    assert float(logit.abs().mean()) < 0.1, float(logit.abs().mean())
+    restored, _ = load_run(tmp_path / "run")
+    assert torch.allclose(restored.log_q(u), model.log_q(u))
+    with pytest.raises(ValueError, match="dimension"):
+        EBM(3, EBMConfig(reference="target", reference_target="8gaussians"))
+    with pytest.raises(ValueError, match="reference_target"):
+        EBM(2, EBMConfig(reference="target"))
+    with pytest.raises(ValueError, match="flow_family"):
+        EBM(2, EBMConfig(reference="flow", flow_family="vae"))
 
 
 def test_lr_warmup_and_uniform_restarts():
@@ -503,3 +538,45 @@ def test_tempered_chains_adapt_their_steps_at_every_kernel_step():
     moved = ratio < 1  # the chains this update visited
     assert moved.sum() > 32
     assert float(ratio[moved].max()) < once ** (kernel_steps / 2)
+
+
+# -- energy=conv: a convolutional f for square one-channel images ------------------------------
+
+
+def test_conv_energy_starts_at_zero_learns_and_survives_a_checkpoint(tmp_path: Path):
+    """energy=conv on 8×8 images (dim 64): f is a ConvEncoder whose output layer starts at zero,
+    so f ≡ 0 (the untrained model is q) until the first step; a few NCE steps on digits move it
+    and a checkpoint restores it exactly."""
+    from genmodels.nets.conv import ConvEncoder
+    from genmodels.train import load_run
+
+    model = EBM(64, EBMConfig(energy="conv", hidden=64))
+    assert isinstance(model.f_net, ConvEncoder) and model.f_net.convs[0].out_channels == 8
+    u = torch.randn(5, 64, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.f(u), torch.zeros(5))
+    assert model.score(u).shape == (5, 64)
+    run = train(
+        "ebm",
+        "digits",
+        TrainConfig(steps=3, batch_size=32, progress=False),
+        out=tmp_path / "run",
+        options={"energy": "conv", "hidden": 64},
+    )
+    assert run.model.config.energy == "conv"
+    f = run.model.f(u)
+    assert f.shape == (5,) and torch.isfinite(f).all() and f.abs().max() > 0
+    restored, _ = load_run(tmp_path / "run")
+    torch.testing.assert_close(restored.f(u), f)
+    x = run.model.shift + run.model.scale * u
+    torch.testing.assert_close(restored.energy(x), run.model.energy(x))
+
+
+@pytest.mark.parametrize("dim", [10, 36])
+def test_conv_energy_needs_square_images_with_a_side_divisible_by_4(dim):
+    with pytest.raises(ValueError, match="energy=conv needs square one-channel images") as err:
+        EBM(dim, EBMConfig(energy="conv"))
+    assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="unknown energy 'cnn'; choose one of: mlp, conv, quadratic"):
+        EBM(64, EBMConfig(energy="cnn"))
+    with pytest.raises(ValueError, match="energy=conv takes none"):
+        EBM(64, EBMConfig(energy="conv", fourier_features=8))

@@ -17,19 +17,26 @@ What a DDP run does, and why it equals a single process:
   (NCCL on CUDA, gloo on CPU). DDP only sees computations that run through the wrapper's
   forward, so families compute their differentiated losses with ``Model.call("loss", …)``
   (the wrapped module's forward dispatches to the named method); the default ``Model.step``
-  does. A
-  family whose ``step`` bypasses ``call`` (gan and wgan-gp, with two optimisers; ebm, whose
-  step also makes rank-local decisions — MCMC step-size adaptation, divergence recovery —
-  that would desynchronise the ranks) gets :class:`~genmodels.models.base.NotSupportedError`
-  after its first step, before anything is saved.
+  does, and so do gan and wgan-gp, whose step makes several passes (``d_steps``
+  discriminator updates, then a generator update), each through ``call`` and each reaching
+  one player only: such a family sets ``Model.ddp_find_unused`` and DDP is built with
+  ``find_unused_parameters=True`` (the other player's gradients are left alone). WGAN-GP's
+  gradient penalty differentiates D with respect to its input (``autograd.grad``,
+  ``create_graph``) inside the call; only the final backward reaches the weights, so DDP
+  averages the gradient of the whole critic loss. A family whose ``step`` bypasses ``call``
+  (ebm, whose step also makes rank-local decisions — MCMC step-size adaptation, divergence
+  recovery — that would desynchronise the ranks; triangle and coop) gets
+  :class:`~genmodels.models.base.NotSupportedError` after its first step, before anything
+  is saved.
 - **Buffers.** DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers``), so
   state a family keeps in buffers (normalization, step counters, fm's reflow pairs) is
   rank 0's on every rank, and rank 0's checkpoint holds what all ranks use.
 - **Noise.** The model generator (the noise of a family's loss: diffusion times and ε, fm's
-  source points, vae's reparameterisation) is seeded per rank (:func:`rank_seed`; rank 0
-  keeps the single-process seed), so the ranks draw independent noise. A noisy family
-  therefore equals the single-process run in distribution (same data, same estimator of the
-  same gradient), not draw for draw. Every rank's generator state goes into the checkpoint.
+  source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε)
+  is seeded per rank (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks
+  draw independent noise. A noisy family therefore equals the single-process run in
+  distribution (same data, same estimator of the same gradient), not draw for draw. Every
+  rank's generator state goes into the checkpoint.
 - **Checkpoints and logs** are written by rank 0 only; the logged scalars (loss, …) are
   averaged over the ranks first, so the divergence guard fires on every rank at once.
 - **Resume** restores every rank's generator state when the world size is unchanged (exact);
@@ -171,11 +178,15 @@ def wrap(model: Model, ctx: Context) -> DistributedDataParallel:
     """Wrap ``model`` in DDP and attach the wrapper, so that ``Model.call`` runs through it.
 
     The wrapper is kept outside the module tree (no submodule, no state-dict entry).
-    Construction broadcasts rank 0's parameters and buffers to every rank.
+    Construction broadcasts rank 0's parameters and buffers to every rank. A family whose
+    backward passes each reach only part of its parameters (``Model.ddp_find_unused``, e.g. a
+    GAN's two players) gets ``find_unused_parameters=True``: DDP then finds the parameters a
+    pass left out and leaves their gradients alone.
     """
     ddp = DistributedDataParallel(
         _Dispatch(model),
         device_ids=[ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None,
+        find_unused_parameters=type(model).ddp_find_unused,
     )  # buffers: DDP's default, rank 0's broadcast at every forward
     model.__dict__["_ddp"] = ddp
     model.__dict__["_ddp_calls"] = 0

@@ -71,7 +71,9 @@ def run_tour(
     for name in families or list(FAMILIES):
         family = get_family(name)
         steps = max(1, round(family.tour_steps * steps_scale))
-        config = TrainConfig(**{**family.train_defaults, "steps": steps, "seed": seed, "progress": progress})
+        config = TrainConfig(
+            **{**family.train_defaults_for(), "steps": steps, "seed": seed, "progress": progress}
+        )
         print(f"[tour] {name}: {steps} steps on {data}", flush=True)
         t0 = time.perf_counter()
         result = train(name, dataset, config, out=out / "runs" / name)
@@ -133,7 +135,8 @@ def format_table(rows: list[dict[str, Any]], data: str, entropy: float) -> str:
 # the image tour
 # ---------------------------------------------------------------------------------------
 #: Training steps of each family in the image tour (the digits budget; ``steps_scale``
-#: multiplies it), for a whole tour of about 10 minutes on 2 CPU cores: roughly 20–60 s of
+#: multiplies it), for a whole tour of about 15 minutes of one CPU core (measured: 890 s of CPU,
+#: docs/benchmarks.md), training and held-out bits/dim about half each: roughly 20–60 s of
 #: training per family at its default batch size (per-step costs on the 64-D digits differ
 #: 50× between families: made ≈ 1 ms, the U-Nets of fm and diffusion ≈ 70 ms, the conv WGAN-GP
 #: critic ≈ 230 ms on one thread). The flows overfit the 1,437 training images fast (realnvp's
@@ -295,7 +298,7 @@ def run_image_tour(
             continue
         family = get_family(name)
         config = TrainConfig(
-            **{**family.train_defaults, "steps": steps[name], "seed": seed, "progress": progress}
+            **{**family.train_defaults_for(), "steps": steps[name], "seed": seed, "progress": progress}
         )
         config.batch_size = DIGITS_BATCH.get(name, config.batch_size)
         if name in DIGITS_VALIDATED:  # cheap held-out densities: keep the best model seen

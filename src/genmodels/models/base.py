@@ -38,6 +38,7 @@ wasted).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -106,6 +107,9 @@ class Model(nn.Module):
     has_log_prob: ClassVar[bool] = False
     #: Overrides of the training loop's defaults (steps, lr, batch_size) for this family.
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: Further overrides where an option of the family takes a value: {option: {value:
+    #: {train key: default}}} (e.g. a learning rate per method); see :meth:`train_defaults_for`.
+    train_defaults_by_option: ClassVar[dict[str, dict[Any, dict[str, Any]]]] = {}
     #: Training steps this family gets in ``genmodels tour`` (a short CPU budget).
     tour_steps: ClassVar[int] = 2000
     #: Options added after checkpoints of this family were written, with the value those
@@ -119,6 +123,21 @@ class Model(nn.Module):
     #: the contract (``energy``, ``score``: they would miss the logit's Jacobian) or with
     #: discrete ``levels``; a family that handles the transform there sets True.
     logit_supported: ClassVar[bool | None] = None
+    #: Whether a backward pass of the family's step may leave some parameters without a
+    #: gradient (e.g. a GAN's discriminator update leaves the generator out): under torchrun,
+    #: DDP is then built with ``find_unused_parameters=True`` (:func:`genmodels.distributed.wrap`).
+    ddp_find_unused: ClassVar[bool] = False
+
+    @classmethod
+    def train_defaults_for(cls, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The training loop's defaults for this family with these ``options`` (the others at
+        their defaults): ``train_defaults`` updated by ``train_defaults_by_option``."""
+        options = dict(options or {})
+        out = dict(cls.train_defaults)
+        for name, by_value in cls.train_defaults_by_option.items():
+            value = options.get(name, getattr(cls.Config, name, None))
+            out.update(by_value.get(value, {}))
+        return out
 
     def __init__(self, dim: int, config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -51,6 +51,14 @@ measurable difference and keeps "steps" counting generator updates. The two opti
 are both checkpointed, so a resumed run continues bit for bit. All noise comes from the
 generator the loop passes in.
 
+Under ``torchrun`` (DistributedDataParallel, :mod:`genmodels.distributed`) every pass of the
+step goes through ``Model.call``: the discriminator updates differentiate
+:meth:`~GAN.discriminator_loss` (fakes drawn under no_grad, so the generator gets no gradient)
+and the generator update :meth:`~GAN.generator_objective` (sampling inside the call, through
+the frozen discriminator); ``ddp_find_unused`` tells DDP that each pass reaches one player.
+Each rank draws its own noise (fakes, interpolates) from its per-rank generator, and DDP
+averages the gradients of the ranks' slice losses.
+
 Networks: MLPs in standardized coordinates u (base.py): a ReLU generator (latent k = 8,
 3 hidden layers of 256) and a LeakyReLU(0.2) discriminator (3 × 256), Adam with
 (β₁, β₂) = (0.5, 0.999) for gan (the usual choice since DCGAN) and the paper's (0, 0.9) for
@@ -176,6 +184,8 @@ class GAN(Model):
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 40_000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 3000
     image_options: ClassVar[dict[str, Any]] = {"net": "conv"}
+    #: each backward pass of :meth:`step` reaches one player only (module docstring)
+    ddp_find_unused: ClassVar[bool] = True
 
     def __init__(self, dim: int, config: GANConfig | None = None) -> None:
         super().__init__(dim, config)
@@ -248,6 +258,12 @@ class GAN(Model):
         """Non-saturating: −E[log σ(D(G(z)))] = E[softplus(−D(G(z)))]."""
         return nn.functional.softplus(-self.critic(fake)).mean()
 
+    def generator_objective(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """The generator's loss on n fresh samples G(z): :meth:`generator_loss` of
+        :meth:`generate`, in one method so that the generator's graph runs inside
+        ``Model.call`` (the DDP wrapper's forward under torchrun)."""
+        return self.generator_loss(self.generate(n, generator))
+
     # -- optimisation -----------------------------------------------------------------
     def configure_optimizers(self, lr: float) -> dict[str, torch.optim.Optimizer]:
         betas = (self.config.beta1, self.config.beta2)
@@ -272,7 +288,7 @@ class GAN(Model):
             with torch.no_grad():
                 fake = self.generate(b, generator)
             opt_d.zero_grad(set_to_none=True)
-            out = self.discriminator_loss(real, fake, generator)
+            out = self.call("discriminator_loss", real, fake, generator)
             self._check(out["loss"], "discriminator")
             out["loss"].backward()
             opt_d.step()
@@ -284,7 +300,7 @@ class GAN(Model):
         opt_g.zero_grad(set_to_none=True)
         self.discriminator.requires_grad_(False)
         try:
-            g_loss = self.generator_loss(self.generate(b, generator))
+            g_loss = self.call("generator_objective", b, generator)
             self._check(g_loss, "generator")
             g_loss.backward()
         finally:

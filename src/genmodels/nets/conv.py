@@ -1,7 +1,8 @@
 """Small convolutional trunks for square images stored as flat vectors: image → vector, vector → image.
 
 Shared by the families whose networks read or write whole images: the VAE (encoder q_φ(z|x),
-decoder μ_θ(z)) and the GANs (generator, discriminator / critic). The layout follows DCGAN
+decoder μ_θ(z)), the GANs (generator, discriminator / critic), the EBM (energy f_θ(u), also
+inside the Divergence Triangle and CoopNets) and CoopNets' generator. The layout follows DCGAN
 (Radford, Metz & Chintala 2016, §3): strided convolutions instead of pooling to downsample, no
 fully connected hidden layers, only a linear map between the flat vector and the smallest
 feature map. Two departures, both for reasons of this library:
@@ -39,15 +40,16 @@ from torch import Tensor, nn
 LEVELS = 2
 
 
-def image_side(dim: int, net: str) -> int:
+def image_side(dim: int, net: str, option: str = "net") -> int:
     """The side s of square one-channel images with dim = s² pixels, s divisible by 2^LEVELS.
 
-    Raises a one-line ValueError naming the ``net`` option otherwise."""
+    Raises a one-line ValueError naming the option ``{option}={net}`` otherwise (e.g. the EBM's
+    ``energy=conv``)."""
     side = math.isqrt(max(dim, 0))
     factor = 2**LEVELS
     if side * side != dim or side == 0 or side % factor:
         raise ValueError(
-            f"net={net} needs square one-channel images with a side divisible by {factor} "
+            f"{option}={net} needs square one-channel images with a side divisible by {factor} "
             f"(dim = side², e.g. 64 for 8×8); dim={dim}"
         )
     return side
@@ -76,7 +78,9 @@ class _Trunk(nn.Module):
 class ConvEncoder(_Trunk):
     """Image → vector, (…, C·s²) → (…, out_dim); the layout is in the module docstring.
 
-    ``activation`` is a factory of the nonlinearity module (e.g. ``nn.SiLU``)."""
+    ``activation`` is a factory of the nonlinearity module (e.g. ``nn.SiLU``); ``zero_last``
+    initialises the final linear map to zero, so the output starts at exactly 0 (an energy
+    network f ≡ 0 leaves an EBM at its reference, as the MLP's ``zero_last``)."""
 
     def __init__(
         self,
@@ -86,6 +90,7 @@ class ConvEncoder(_Trunk):
         channels: int = 1,
         base: int = 16,
         activation: Callable[[], nn.Module] = nn.SiLU,
+        zero_last: bool = False,
     ) -> None:
         super().__init__()
         self._check_sizes(side, channels, base, out_dim, "out_dim")
@@ -97,6 +102,9 @@ class ConvEncoder(_Trunk):
             width *= 2
         self.convs = nn.Sequential(*layers)
         self.linear = nn.Linear(width * (side // 2**LEVELS) ** 2, out_dim)
+        if zero_last:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_width(x, self.channels * self.side**2, "images flattened")
@@ -109,7 +117,9 @@ class ConvDecoder(_Trunk):
     """Vector → image, (…, in_dim) → (…, C·s²) channel-major; the layout is in the module docstring.
 
     ``activation`` is a factory of the nonlinearity module (e.g. ``nn.ReLU``); the output is
-    linear (no squashing: the families work in standardized coordinates)."""
+    linear (no squashing: the families work in standardized coordinates). ``zero_last``
+    initialises the final convolution to zero, so the output starts at exactly 0 (CoopNets adds
+    it to an affine map that then alone sets the untrained generator)."""
 
     def __init__(
         self,
@@ -119,6 +129,7 @@ class ConvDecoder(_Trunk):
         channels: int = 1,
         base: int = 16,
         activation: Callable[[], nn.Module] = nn.SiLU,
+        zero_last: bool = False,
     ) -> None:
         super().__init__()
         self._check_sizes(side, channels, base, in_dim, "in_dim")
@@ -134,7 +145,11 @@ class ConvDecoder(_Trunk):
             ]
             layers += [activation()]
             width //= 2
-        layers.append(nn.Conv2d(width, channels, 3, padding=1))
+        last = nn.Conv2d(width, channels, 3, padding=1)
+        if zero_last:
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
+        layers.append(last)
         self.convs = nn.Sequential(*layers)
 
     def forward(self, z: Tensor) -> Tensor:
