@@ -49,6 +49,22 @@ CASES: list[tuple[str, str, dict, list[dict], list[dict]]] = [
     ("ebm mle short-run", "ebm", {"method": "mle", "chains": "short-run"}, [{}], [{}]),
     ("ebm mle hmc", "ebm", {"method": "mle", "kernel": "hmc"}, [{}], [{}]),
     ("ebm cd", "ebm", {"method": "cd"}, [{}], [{}]),
+    (
+        "ebm nce-maf",
+        "ebm",
+        {"method": "nce", "reference": "flow", "flow_family": "maf", "flow_steps": 100},
+        [{}],
+        [{}],
+    ),
+    (
+        "ebm nce-target",
+        "ebm",
+        {"method": "nce", "reference": "target", "reference_target": "8gaussians"},
+        [{}],
+        [{}],
+    ),
+    ("triangle", "triangle", {}, [{}], [{}]),
+    ("coop", "coop", {}, [{}], [{}]),
     *[
         (
             f"diffusion {proc}",
@@ -90,6 +106,9 @@ IMAGE_CASES: list[tuple[str, str, dict, list[dict], list[dict]]] = [
     ),
     ("realnvp digits", "realnvp", {}, [{}], [{}]),
     ("made digits (categorical)", "made", {}, [{}], [{}]),
+    ("ebm conv digits", "ebm", {"energy": "conv"}, [{"steps": 10, "warmup": 10}], [{}]),
+    ("coop conv digits", "coop", {"net": "conv"}, [{}], [{}]),
+    ("gan conv digits", "gan", {"net": "conv"}, [{}], []),
 ]
 
 

@@ -507,7 +507,7 @@ def test_data_noise_anneals_geometrically_over_its_share_of_the_run():
 def test_the_training_loop_plans_the_noise_schedule_and_counts_updates(tmp_path: Path):
     opts = {"method": "mle", "hidden": 16, "depth": 1, "mcmc_steps": 2, "buffer_size": 64}
     result = train("ebm", "8gaussians", TrainConfig(steps=20, progress=False), options=opts)
-    assert int(result.model.updates) == 20 and result.model._planned_steps == 20
+    assert int(result.model.updates) == 20 and int(result.model.planned_steps) == 20
     assert result.model.data_noise_level() == 0.0  # annealed by the middle of the run
 
 

@@ -119,3 +119,20 @@ def test_mle_and_cd_train_at_a_lower_default_learning_rate():
     assert EBM.train_defaults_for({"method": "mle"})["lr"] == 3e-3
     assert EBM.train_defaults_for({"method": "cd"})["lr"] == 3e-3
     assert EBM.train_defaults_for({"method": "nce"})["lr"] == 1e-2
+
+
+def test_a_short_run_restores_with_the_same_smoothing(tmp_path):
+    """The noise schedule's horizon is checkpointed: a run shorter than the family's default
+    steps, loaded again, has annealed its features to full sharpness as in training (with the
+    default horizon after loading, its f would still be smoothed)."""
+    from genmodels.train import TrainConfig, load_run, train
+
+    opts = {"method": "mle", "hidden": 16, "depth": 1, "mcmc_steps": 2, "buffer_size": 64}
+    model = train(
+        "ebm", "8gaussians", TrainConfig(steps=40, progress=False), out=tmp_path, options=opts
+    ).model
+    assert model._fourier is not None and model.data_noise_level() == 0.0
+    restored, _ = load_run(tmp_path)
+    assert int(restored.planned_steps) == 40 and restored.data_noise_level() == 0.0
+    u = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(restored.f(u), model.f(u))

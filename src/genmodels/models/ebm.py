@@ -324,7 +324,11 @@ class EBM(Model):
         self._snapshot: dict[str, Any] | None = None
         self._last_logs: dict[str, float] = {}
         self._logz_cache: tuple[tuple, Any] | None = None
-        self._planned_steps = int(self.train_defaults["steps"])  # until the loop says (plan)
+        # The run's length (the data-noise schedule's horizon), set by the loop (plan) and
+        # checkpointed: the smoothing of the Fourier features depends on it, also after loading.
+        self.register_buffer(
+            "planned_steps", torch.tensor(int(self.train_defaults["steps"]), dtype=torch.int64)
+        )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:  # type: ignore[override]
         # Checkpoints from before per-replica step sizes: the hot replicas start from the cold
@@ -334,6 +338,8 @@ class EBM(Model):
             state_dict[key] = state_dict[prefix + "chain_step"].expand_as(self.hot_step).clone()
         if prefix + "updates" not in state_dict:  # checkpoints from before the data-noise schedule
             state_dict[prefix + "updates"] = torch.zeros((), dtype=torch.int64)
+        if prefix + "planned_steps" not in state_dict:  # ... and from before it was checkpointed
+            state_dict[prefix + "planned_steps"] = self.planned_steps.clone()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- the density ------------------------------------------------------------------
@@ -362,13 +368,16 @@ class EBM(Model):
         target = self._ref_target
         if target is None:
             return self.flow.log_prob(u).values
-        x = self.shift + self.scale * u
-        return target.log_prob(x).to(u.dtype) + torch.log(self.scale).sum()
+        x = self.shift + self.scale * u  # targets keep their parameters on the CPU
+        return target.log_prob(x.cpu()).to(device=u.device, dtype=u.dtype) + torch.log(self.scale).sum()
 
     def _sample_ref(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         target = self._ref_target
         if target is None:
             return self.flow.sample(n, generator=generator)
+        if generator is not None and generator.device.type != "cpu":  # targets sample on the CPU
+            seed = int(torch.randint(2**62, (1,), generator=generator, device=generator.device))
+            generator = torch.Generator().manual_seed(seed)
         x = target.sample(n, generator=generator).to(device=self.device, dtype=self.shift.dtype)
         return (x - self.shift) / self.scale
 
@@ -610,13 +619,13 @@ class EBM(Model):
         return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
 
     def plan(self, steps: int) -> None:
-        self._planned_steps = int(steps)
+        self.planned_steps.fill_(int(steps))
 
     def data_noise_level(self) -> float:
         """The current σ of the annealed data noise: σ₀·0.01^(k/K) after k of the K =
         ``data_noise_fraction``·steps annealing updates, 0 after them or when off."""
         c = self.config
-        span = c.data_noise_fraction * self._planned_steps
+        span = c.data_noise_fraction * int(self.planned_steps)
         if c.data_noise <= 0 or span <= 0:
             return 0.0
         progress = int(self.updates) / span
