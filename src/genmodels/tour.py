@@ -135,7 +135,7 @@ def format_table(rows: list[dict[str, Any]], data: str, entropy: float) -> str:
 # the image tour
 # ---------------------------------------------------------------------------------------
 #: Training steps of each family in the image tour (the digits budget; ``steps_scale``
-#: multiplies it), for a whole tour of about 15 minutes of one CPU core (measured: 890 s of CPU,
+#: multiplies it), for a whole tour of about 15 minutes of one CPU core (measured: 890–970 s of CPU,
 #: docs/benchmarks.md), training and held-out bits/dim about half each: roughly 20–60 s of
 #: training per family at its default batch size (per-step costs on the 64-D digits differ
 #: 50× between families: made ≈ 1 ms, the U-Nets of fm and diffusion ≈ 70 ms, the conv WGAN-GP
