@@ -112,14 +112,27 @@ IMAGE_CASES: list[tuple[str, str, dict, list[dict], list[dict]]] = [
 ]
 
 
+#: where attempt() rewrites the items so far after each one (a run cut short keeps them)
+PARTIAL: list[Path] = []
+
+
 def attempt(record: list[dict], label: str, fn, *args, **kwargs) -> object:
     """fn(*args, **kwargs), timed; its failure is recorded with its traceback, not raised."""
+    try:
+        return _attempt(record, label, fn, *args, **kwargs)
+    finally:
+        for path in PARTIAL:
+            path.write_text(json.dumps({"partial": True, "items": record}, indent=1))
+
+
+def _attempt(record: list[dict], label: str, fn, *args, **kwargs) -> object:
     t0 = time.perf_counter()
     try:
         value = fn(*args, **kwargs)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         record.append({"item": label, "ok": True, "seconds": round(time.perf_counter() - t0, 3)})
+        print(f"ok {record[-1]['seconds']:8.2f} s  {label}", flush=True)
         return value
     except Exception:
         record.append({"item": label, "ok": False, "error": traceback.format_exc(limit=6)})
@@ -155,6 +168,127 @@ def family_checks(
             continue
         gen = torch.Generator().manual_seed(3)
         attempt(items, f"{label}: evaluate", evaluate_model, model, target, n=2000, generator=gen)
+
+
+def nccl_checks(items: list[dict], backend: str = "nccl", device: str = "cuda:0") -> None:
+    """The NCCL paths of genmodels.distributed on this machine's GPU, in a one-process group.
+
+    A second rank cannot share one GPU under NCCL, so this checks what one process can: DDP
+    built on an NCCL group with the model's passes routed through ``Model.call`` (the GAN's
+    several passes with find_unused_parameters), the logged-scalar all-reduce, the object
+    gather and broadcast, and the sharded sampler's all-gather, all on the GPU.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    from genmodels import distributed as ddp
+    from genmodels.models import build_model
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    attempt(
+        items,
+        "nccl: init a one-process group",
+        dist.init_process_group,
+        backend,
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+    )
+    if not dist.is_initialized():
+        return
+    dev = torch.device(device)
+    # world_size 2 as seen by the helpers' collectives is not possible here; a Context marked
+    # active with world size 1 runs the same code paths on the real NCCL group
+    ctx = ddp.Context(rank=0, world_size=1, local_rank=0, device=dev)
+
+    class Active(ddp.Context):
+        @property
+        def active(self) -> bool:
+            return True
+
+    actx = Active(rank=0, world_size=1, local_rank=0, device=dev)
+    for family in ("gan", "wgan-gp", "diffusion", "realnvp"):
+
+        def steps(family: str = family) -> None:
+            model = build_model(family, 2, {}, seed=0).to(dev)
+            model.configure_optimizers(1e-3)
+            ddp.wrap(model, ctx)
+            g = torch.Generator(device=dev).manual_seed(0)
+            x = get_target("8gaussians").sample(256, generator=torch.Generator().manual_seed(0)).to(dev)
+            for _ in range(20):
+                logs = model.step(x, g)
+            ddp.check_routed(model)
+            logs = ddp.mean_logs(logs, actx)
+            assert all(v == v for v in logs.values()), logs
+            ddp.unwrap(model)
+
+        attempt(items, f"nccl: {family} 20 DDP steps through Model.call", steps)
+    attempt(items, "nccl: gather and broadcast objects", lambda: ddp.gather_objects({"a": 1}, actx))
+    attempt(items, "nccl: broadcast object", lambda: ddp.broadcast_object([1, 2], actx))
+
+    def sharded() -> None:
+        model = build_model("diffusion", 2, {}, seed=0).to(dev)
+        s = ddp.ShardedSampler(model).sample(100, generator=torch.Generator().manual_seed(0), steps=10)
+        assert s.shape == (100, 2) and s.device == dev
+
+    attempt(items, "nccl: sharded sampling all-gather", sharded)
+    dist.destroy_process_group()
+
+
+def precision_checks(device: str, steps: int, items: list[dict], rows: list[dict]) -> None:
+    """Mixed precision (bf16) against float32 for every family that allows it: the same run
+    (seed, data, steps) in each precision, its KL to the truth on 8gaussians and its time; then
+    the training throughput of the digits U-Net (diffusion, fm) in each precision."""
+    from genmodels.models import FAMILIES, get_family
+
+    target = get_target("8gaussians")
+    for family in [f for f in FAMILIES if get_family(f).autocast_safe]:
+        row: dict = {"family": family, "data": "8gaussians", "steps": steps}
+        for precision in ("fp32", "bf16"):
+            cfg = TrainConfig(
+                **{**get_family(family).train_defaults_for({}), "steps": steps},
+                device=device,
+                precision=precision,
+                progress=False,
+                seed=0,
+            )
+            t0 = time.perf_counter()
+            result = attempt(
+                items, f"{precision}: train {family} {steps} steps", train, family, "8gaussians", cfg
+            )
+            if result is None:
+                continue
+            row[f"seconds_{precision}"] = round(time.perf_counter() - t0, 2)
+            gen = torch.Generator().manual_seed(3)
+            m = attempt(
+                items,
+                f"{precision}: evaluate {family}",
+                evaluate_model,
+                result.model,
+                target,
+                n=5000,
+                generator=gen,
+            )
+            if m is not None:
+                row[f"kl_{precision}"] = m.get("kl")
+                row[f"energy_distance_{precision}"] = m.get("energy_distance")
+        rows.append(row)
+        print(row, flush=True)
+    for family in ("diffusion", "fm"):
+        row = {"family": family, "data": "digits", "net": "unet", "batch": 512}
+        for precision in ("fp32", "bf16"):
+            cfg = TrainConfig(steps=200, batch_size=512, device=device, precision=precision, progress=False)
+            t0 = time.perf_counter()
+            ok = attempt(
+                items, f"{precision}: {family} unet digits b512 200 steps", train, family, "digits", cfg
+            )
+            if ok is not None:
+                row[f"steps_per_s_{precision}"] = round(200 / (time.perf_counter() - t0), 1)
+        rows.append(row)
+        print(row, flush=True)
 
 
 def draw(model, options: dict) -> None:
@@ -240,6 +374,12 @@ def main() -> int:
     p.add_argument("--target", default="8gaussians")
     p.add_argument("--out", default="bench_cuda.json")
     p.add_argument(
+        "--precision-steps",
+        type=int,
+        default=0,
+        help="also compare bf16 with fp32 training of every family that allows it, this many steps each",
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         default=None,
@@ -258,10 +398,13 @@ def main() -> int:
     }
     print(info, flush=True)
     items: list[dict] = []
+    PARTIAL.append(Path(args.out))
     family_checks(args.device, args.steps, args.target, items, args.only)
     timings = []
     if not args.only:
         cli_round_trip(args.device, items)
+        if args.device.startswith("cuda"):
+            nccl_checks(items)
     for label, family, options, batch in (
         []
         if args.only
@@ -280,9 +423,19 @@ def main() -> int:
             )
         timings.append(row)
         print(row, flush=True)
+    precision_rows: list[dict] = []
+    if args.precision_steps:
+        precision_checks(args.device, args.precision_steps, items, precision_rows)
     failed = [i for i in items if not i["ok"]]
     passed = len(items) - len(failed)
-    summary = {**info, "items": items, "timings": timings, "failed": len(failed), "passed": passed}
+    summary = {
+        **info,
+        "items": items,
+        "timings": timings,
+        "precision": precision_rows,
+        "failed": len(failed),
+        "passed": passed,
+    }
     Path(args.out).write_text(json.dumps(summary, indent=1))
     print(f"\n{len(items) - len(failed)} passed, {len(failed)} failed")
     for f in failed:

@@ -45,6 +45,7 @@ from genmodels.models import Model, build_model, get_family, make_config
 from genmodels.models.base import logit_transform
 
 Schedule = Literal["cosine", "constant"]
+Precision = Literal["fp32", "bf16"]
 Evaluator = Callable[[Model], dict[str, Any]]
 
 
@@ -66,6 +67,10 @@ class TrainConfig:
     """seeds the initial weights, the data stream and the model's own randomness"""
     device: str = "cpu"
     """torch device: cpu, cuda, cuda:1, mps"""
+    precision: Precision = "fp32"
+    """"bf16": mixed precision, the family's differentiated passes run under torch.autocast with
+    bfloat16 (weights, optimiser state, checkpoints, sampling and evaluation stay float32); only
+    for families where it is safe (diffusion, fm, gan, wgan-gp, vae, made)"""
     checkpoint_every: int = 1000
     """steps between checkpoints (with an output directory); one is always written at the end"""
     eval_every: int = 0
@@ -104,6 +109,8 @@ class TrainConfig:
             raise ValueError(f"warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: cosine, constant")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
@@ -167,6 +174,24 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError("--device mps was asked for, but MPS is not available on this machine")
     return device
+
+
+def check_precision(model: Model, precision: str, device: torch.device) -> None:
+    """A one-line ValueError unless ``model`` may train in ``precision`` on ``device``."""
+    if precision == "fp32":
+        return
+    if not type(model).autocast_safe:
+        from genmodels.models import FAMILIES, get_family
+
+        safe = ", ".join(name for name in FAMILIES if get_family(name).autocast_safe)
+        raise ValueError(
+            f"precision {precision} is not available for the {model.family} family: "
+            f"{type(model).autocast_unsafe_because}; it is for: {safe}"
+        )
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"precision {precision}: this GPU has no bfloat16 support; use precision fp32")
+    if device.type not in ("cuda", "cpu"):
+        raise ValueError(f"precision {precision} runs on cuda or cpu, not on {device.type}")
 
 
 def standardize_from(model: Model, data: Dataset, seed: int, n: int = 10_000) -> None:
@@ -333,6 +358,7 @@ def train(
     finally:
         if isinstance(model, Model):
             ddp.unwrap(model)
+            model.__dict__.pop("_autocast", None)
 
 
 def _train(
@@ -363,6 +389,7 @@ def _train(
         model = build_model(model, dataset.dim, {**defaults, **options}, seed=config.seed)
     if model.dim != dataset.dim:
         raise ValueError(f"the model is for dimension {model.dim} but the data has dimension {dataset.dim}")
+    check_precision(model, config.precision, device)
     described = dataset.describe()  # the whole data set, as given (resume reloads it from its source)
     mode = validation_mode(model) if config.validate_every else None
     val_points: torch.Tensor | None = None
@@ -384,6 +411,8 @@ def _train(
     optimizers = model.configure_optimizers(config.lr)
     if dctx.active:
         ddp.wrap(model, dctx)
+    if config.precision == "bf16":
+        model.__dict__["_autocast"] = torch.bfloat16  # Model.call runs under autocast
 
     # one data stream on every rank (each rank slices the same global batch); the model's
     # noise is independent across ranks (rank 0 keeps the single-process seed)
@@ -583,6 +612,7 @@ def _train(
         metrics = _run_eval(model, evaluate, step, None, dctx)
     save(step, metrics, final=True)
     ddp.unwrap(model)
+    model.__dict__.pop("_autocast", None)
     model.eval()
     return TrainResult(
         model=model,

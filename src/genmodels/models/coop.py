@@ -220,6 +220,11 @@ class Coop(Model):
     """CoopNets: an EBM and a generator trained together by MCMC teaching (module docstring)."""
 
     family: ClassVar[str] = "coop"
+    autocast_unsafe_because: ClassVar[str] = (
+        "its energy-based model learns from the small difference of the mean energies of data and"
+        " of MCMC samples,"
+        " which bfloat16's 8-bit mantissa would swamp"
+    )
     Config: ClassVar[type[ModelConfig]] = CoopConfig
     SampleConfig: ClassVar[type[SampleConfig]] = CoopSampleConfig
     has_log_prob: ClassVar[bool] = True

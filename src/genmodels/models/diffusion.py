@@ -193,6 +193,7 @@ class Diffusion(Model):
     """Diffusion model on the common contract; see the module docstring."""
 
     family: ClassVar[str] = "diffusion"
+    autocast_safe: ClassVar[bool] = True  # a regression/classification loss: bf16-safe
     Config: ClassVar[type[ModelConfig]] = DiffusionConfig
     SampleConfig: ClassVar[type[SampleConfig]] = DiffusionSampleConfig
     has_log_prob: ClassVar[bool] = True

@@ -245,6 +245,10 @@ class EBM(Model):
     """Energy-based model p(u) ∝ exp(f(u)) q(u); see the module docstring."""
 
     family: ClassVar[str] = "ebm"
+    autocast_unsafe_because: ClassVar[str] = (
+        "its loss is the small difference of the mean energies of data and of MCMC samples,"
+        " which bfloat16's 8-bit mantissa would swamp"
+    )
     Config: ClassVar[type[ModelConfig]] = EBMConfig
     SampleConfig: ClassVar[type[SampleConfig]] = EBMSampleConfig
     has_log_prob: ClassVar[bool] = True

@@ -156,6 +156,7 @@ class FlowMatching(Model):
     """Conditional flow matching with an MLP or U-Net velocity field; see the module docstring."""
 
     family: ClassVar[str] = "fm"
+    autocast_safe: ClassVar[bool] = True  # a regression/classification loss: bf16-safe
     Config: ClassVar[type[ModelConfig]] = FlowMatchingConfig
     SampleConfig: ClassVar[type[SampleConfig]] = FlowMatchingSampleConfig
     has_log_prob: ClassVar[bool] = True

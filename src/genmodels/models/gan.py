@@ -177,6 +177,7 @@ class GAN(Model):
     """Non-saturating GAN (Goodfellow et al. 2014) with optional PacGAN packing; sample-only."""
 
     family = "gan"
+    autocast_safe = True  # a regression/classification loss: bf16-safe
     Config = GANConfig
     has_log_prob = False
     #: 40,000 steps (≈ 5½ minutes on one core): ring8 HQ 85 % at 10,000 steps, 98 % at 40,000;

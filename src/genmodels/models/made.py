@@ -70,6 +70,7 @@ class MADEModel(Model):
     """Autoregressive density p(x) = Π p(x_i | x_{<i}) from one MADE; exact ``log_prob``."""
 
     family = "made"
+    autocast_safe = True  # a regression/classification loss: bf16-safe
     Config = MADEConfig
     has_log_prob = True
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 6000, "lr": 1e-3, "batch_size": 256}

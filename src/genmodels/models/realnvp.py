@@ -125,6 +125,11 @@ class Flow(Model):
         log q(u) = log N(f(u); 0, I) + Σ_l log|det ∂f_l|,   u = g(z) = f⁻¹(z), z ~ N(0, I).
     """
 
+    autocast_unsafe_because: ClassVar[str] = (
+        "its exact log-likelihood sums a log-determinant over every layer and dimension, where "
+        "bfloat16's rounding accumulates"
+    )
+
     has_log_prob = True
 
     def transforms(self) -> nn.ModuleList:

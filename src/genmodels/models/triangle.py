@@ -232,6 +232,10 @@ class Triangle(Model):
     """Generator + EBM + inference model trained on the divergence triangle (module docstring)."""
 
     family: ClassVar[str] = "triangle"
+    autocast_unsafe_because: ClassVar[str] = (
+        "its energy-based model learns from the small difference of the mean energies of data and of samples,"
+        " which bfloat16's 8-bit mantissa would swamp"
+    )
     Config: ClassVar[type[ModelConfig]] = TriangleConfig
     SampleConfig: ClassVar[type[SampleConfig]] = TriangleSampleConfig
     has_log_prob: ClassVar[bool] = True

@@ -140,6 +140,7 @@ class VAE(Model):
     """A Gaussian VAE with a learned decoder variance; see the module docstring."""
 
     family: ClassVar[str] = "vae"
+    autocast_safe: ClassVar[bool] = True  # a regression/classification loss: bf16-safe
     Config: ClassVar[type[ModelConfig]] = VAEConfig
     SampleConfig: ClassVar[type[SampleConfig]] = VAESampleConfig
     has_log_prob: ClassVar[bool] = True

@@ -74,7 +74,7 @@ def _summarize(log_w: torch.Tensor, kind: Kind, sign: float) -> LogZEstimate:
     w = torch.exp(s - log_mean)  # weights normalized to mean 1
     stderr = float(w.std() / math.sqrt(n)) if n > 1 else float("inf")
     ess = float(w.sum() ** 2 / (w**2).sum())
-    return LogZEstimate(float(sign * log_mean), stderr, kind, log_w, ess)
+    return LogZEstimate(float(sign * log_mean), stderr, kind, log_w.cpu(), ess)
 
 
 def ais(
@@ -112,15 +112,18 @@ def ais(
         return -0.5 * (x**2).sum(-1) / sigma**2 - dim * (math.log(sigma) + 0.5 * math.log(2 * math.pi))
 
     reverse = reverse_from is not None
+    # the chains live where the generator draws (or where the given samples are): a CUDA
+    # generator runs AIS on the GPU, as a CUDA model's f needs
+    device = reverse_from.device if reverse_from is not None else generator.device
     if reverse:
         x = reverse_from.detach().clone()
         if x.shape != (n_chains, dim):
             raise ValueError(f"reverse_from must have shape ({n_chains}, {dim}), got {tuple(x.shape)}")
         order = list(range(len(schedule) - 1, 0, -1))  # β_K → β_1, then weights at β_{k−1}
     else:
-        x = sigma * torch.randn(n_chains, dim, generator=generator, dtype=torch.float64)
+        x = sigma * torch.randn(n_chains, dim, generator=generator, dtype=torch.float64, device=device)
         order = list(range(1, len(schedule)))
-    log_w = torch.zeros(n_chains, dtype=torch.float64)
+    log_w = torch.zeros(n_chains, dtype=torch.float64, device=device)
     for k in tqdm(order, disable=not progress, desc="AIS reverse" if reverse else "AIS", unit="β"):
         lo, hi = float(schedule[k - 1]), float(schedule[k])
         if reverse:
