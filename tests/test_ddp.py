@@ -28,13 +28,27 @@ from genmodels import get_target
 from genmodels.data import load_data
 from genmodels.evaluate import evaluate_model
 from genmodels.models import build_model
-from genmodels.train import TrainConfig, load_run, standardize_from, train
+from genmodels.models.ebm import EBM
+from genmodels.train import PREPARE_SAMPLES, TrainConfig, load_run, standardize_from, train
 
 NVP = {"layers": 2, "hidden": 16}
 FM = {"hidden": 16, "depth": 2, "emb_dim": 8}
 #: tiny players; pack 2 and 2 discriminator updates per step (several DDP passes per step)
 GAN = {"g_hidden": 16, "d_hidden": 16, "g_depth": 1, "d_depth": 1, "latent_dim": 2, "pack": 2, "d_steps": 2}
 EVAL = {"n": 300, "mode_n": 300, "energy_n": 300}
+#: tiny energy models, one run per way of learning; a buffer of 64 persistent chains of which each
+#: rank draws 16 per step (so the ranks often draw the same chain), tempered with 2 replicas
+EBM_MCMC = {"hidden": 16, "depth": 2, "fourier_features": 8, "buffer_size": 64, "mcmc_steps": 4}
+EBM_MCMC["temperatures"] = 2
+EBM_NCE = {"method": "nce", "hidden": 16, "depth": 2}
+EBM_RUNS = {
+    "mle": {"method": "mle", **EBM_MCMC},
+    "short-run": {"method": "mle", "chains": "short-run", **EBM_MCMC},
+    "cd": {"method": "cd", **EBM_MCMC},
+    "mle-hmc": {"method": "mle", **EBM_MCMC, "kernel": "hmc", "temperatures": 1},
+    "nce": EBM_NCE,
+    "nce-flow": {**EBM_NCE, "reference": "flow", "flow_steps": 4},
+}
 
 WORKER = textwrap.dedent(
     """
@@ -50,7 +64,7 @@ WORKER = textwrap.dedent(
     out = sys.argv[1]
     rank = int(os.environ["RANK"])
     NVP, FM, EVAL = json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    GAN = json.loads(sys.argv[5])
+    GAN, EBM = json.loads(sys.argv[5]), json.loads(sys.argv[6])
     saves = []
     real_save = ckpt.save
     def counting_save(directory, record, tensors):
@@ -94,10 +108,32 @@ WORKER = textwrap.dedent(
         torch.save(run.model.state_dict(), f"{out}/{family}{rank}.pt")
         result[family] = {"step": run.step, "history": run.history}
 
+    for name, options in EBM.items():  # MCMC on the plain module, global decisions, shared chains
+        run = train("ebm", "8gaussians", cfg(3), options=options)
+        # a plain dict: EBM._version (a method) shadows nn.Module._version in the state dict's metadata
+        torch.save(dict(run.model.state_dict()), f"{out}/ebm-{name}{rank}.pt")
+        result[f"ebm-{name}"] = {"step": run.step, "history": run.history}
+
+    # rank 1 alone sees a diverging step (an infinite energy gap at the second update): the
+    # health check reads the logs averaged over the ranks, so both ranks restore and go on
+    from genmodels.models.ebm import EBM as EnergyModel
+    real_nce, fired = EnergyModel._nce_loss, []
+    def flaky_nce(self, u, generator):
+        out = real_nce(self, u, generator)
+        if rank == 1 and int(self.updates) == 1 and not fired:
+            fired.append(True)
+            out["energy_gap"] = torch.tensor(float("inf"))
+        return out
+    EnergyModel._nce_loss = flaky_nce
+    run = train("ebm", "8gaussians", cfg(3), options=EBM["nce"])
+    EnergyModel._nce_loss = real_nce
+    torch.save(dict(run.model.state_dict()), f"{out}/ebm-recovered{rank}.pt")
+    result["ebm-recovered"] = {"step": run.step, "history": run.history}
+
     try:
-        train("ebm", "8gaussians", cfg(2))
+        train("triangle", "8gaussians", cfg(2))
     except NotSupportedError as err:
-        result["ebm"] = str(err)
+        result["unsupported"] = str(err)
     with open(f"{out}/result{rank}.json", "w") as f:
         json.dump(result, f)
     if rank == 1:  # one rank fails alone: rank 0 waits in a collective; torchrun must end it
@@ -134,6 +170,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         json.dumps(FM),
         json.dumps(EVAL),
         json.dumps(GAN),
+        json.dumps(EBM_RUNS),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
@@ -171,7 +208,8 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -
 
 def test_ranks_hold_the_same_weights(launch: dict[str, Any]) -> None:
     out = launch["out"]
-    for name in ("full", "cut", "fm", "gan", "wgan-gp"):
+    ebm = [f"ebm-{name}" for name in (*EBM_RUNS, "recovered")]
+    for name in ("full", "cut", "fm", "gan", "wgan-gp", *ebm):
         a, b = _load(out / f"{name}0.pt"), _load(out / f"{name}1.pt")
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
@@ -314,9 +352,106 @@ def test_evaluation_equals_one_process(launch: dict[str, Any]) -> None:
     assert three["energy_distance"] != pytest.approx(r0["fm_eval"]["energy_distance"], rel=1e-6)
 
 
+def _ebm_two_ranks_in_one_process(options: dict[str, Any], steps: int = 3) -> tuple[EBM, list[float]]:
+    """What ``train("ebm", ...)`` on 2 ranks computes, in one process: each rank's slice of the
+    global batch with that rank's generator (data noise, chain draws, MCMC noise, NCE noise), the
+    MCMC step size adapted by the acceptance averaged over both ranks (cd, short-run), both
+    ranks' persistent chains written into the one buffer, rank 0's draw then rank 1's, and the
+    gradient of the mean of the two slice losses. Returns the model and the mean loss per step."""
+    cfg = _cfg(steps)
+    data = load_data("8gaussians")
+    model = build_model("ebm", data.dim, options, seed=cfg.seed)
+    assert isinstance(model, EBM)
+    standardize_from(model, data, cfg.seed)
+    reference = data.sample_reference(PREPARE_SAMPLES, cfg.seed).to(model.shift.dtype)
+    model.prepare(reference, torch.Generator().manual_seed(cfg.seed + 2))
+    model.plan(cfg.steps)
+    (opt,) = model.configure_optimizers(cfg.lr).values()
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    c, losses = model.config, []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        batch = data.batch(step, cfg.batch_size, cfg.seed, data_gen)
+        h = cfg.batch_size // 2
+        us = [model.normalize(batch[r * h : (r + 1) * h]) for r in (0, 1)]
+        opt.zero_grad()
+        if c.method == "nce":
+            parts = [model._nce_loss(us[r], gens[r])["loss"] for r in (0, 1)]
+        else:
+            us = [model._noised(us[r], gens[r]) for r in (0, 1)]
+            if c.method == "cd" or c.chains == "short-run":
+                eps = model.mcmc_step_size.to(us[0].dtype)
+                negs, accs = [], []
+                for r in (0, 1):
+                    start = us[r] if c.method == "cd" else model.sample_q(h, gens[r])
+                    neg, acc, _ = model.run_chains(start, c.mcmc_steps, gens[r], float(eps))
+                    negs.append(neg)
+                    accs.append(acc.mean())
+                model.mcmc_step_size.copy_(model._adapted(eps, (accs[0] + accs[1]) / 2))
+            else:
+                shares = [model._persistent_run(us[r], gens[r]) for r in (0, 1)]
+                for share in shares:
+                    model._store_chains(share)
+                model.mcmc_step_size.fill_(float(model.chain_step.median()))
+                negs = [share.neg for share in shares]
+            parts = [model._ml_objective(us[r], negs[r])["loss"] for r in (0, 1)]
+        loss = (parts[0] + parts[1]) / 2
+        loss.backward()
+        opt.step()
+        model.updates += 1
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+@pytest.mark.parametrize("name", ["mle", "cd", "nce"])
+def test_ebm_equals_its_two_ranks_simulated_in_one_process(launch: dict[str, Any], name: str) -> None:
+    """ebm under DDP: MCMC on the plain module with each rank's noise, the loss on the chains
+    through Model.call; mle's persistent chains are one buffer that both ranks update (gathered,
+    in rank order), cd adapts its step size by the acceptance of both ranks. Weights, chains and
+    step sizes equal one process doing what the two ranks do."""
+    result = launch["results"][0][f"ebm-{name}"]
+    assert result["step"] == 3
+    model, losses = _ebm_two_ranks_in_one_process(EBM_RUNS[name])
+    state = _load(launch["out"] / f"ebm-{name}0.pt")
+    _close(state, model.state_dict(), tol=1e-6)  # every tensor, the chain buffers included
+    if name != "nce":  # the step size did adapt (nce runs no chains)
+        assert float(state["mcmc_step_size"]) != pytest.approx(0.01, rel=1e-9)
+    (logged,) = result["history"]  # log_every=3: one entry, the means over steps 1..3 and the ranks
+    assert logged["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5, abs=1e-7)
+
+
+#: the buffers that global decisions set (step-size adaptation, chain updates, recovery)
+GLOBAL_EBM_STATE = ("mcmc_step_size", "chain_step", "hot_step", "chains", "lr_factor", "recoveries")
+GLOBAL_EBM_STATE += ("updates",)
+
+
+def test_ebm_global_state_equal_across_ranks(launch: dict[str, Any]) -> None:
+    """The decisions every rank must take alike: the adapted MCMC step sizes (one for short-run
+    and cd, one per chain and replica for persistent chains), the shared chains, and the
+    recovery from a divergence that only rank 1 saw (both restored the last good state and
+    halved the learning rate; one update was undone)."""
+    out = launch["out"]
+    for name in (*EBM_RUNS, "recovered"):
+        a, b = _load(out / f"ebm-{name}0.pt"), _load(out / f"ebm-{name}1.pt")
+        for key in GLOBAL_EBM_STATE:
+            assert torch.equal(a[key], b[key]), (name, key)
+    persistent = _load(out / "ebm-mle0.pt")
+    assert persistent["chain_step"].unique().numel() > 1  # the chains' own step sizes adapted
+    recovered = [_load(out / f"ebm-recovered{r}.pt") for r in (0, 1)]
+    for state in recovered:
+        assert int(state["recoveries"]) == 1 and float(state["lr_factor"]) == 0.5
+        assert int(state["updates"]) == 1  # 3 steps: one healthy update, the second undone, one more
+    for r in (0, 1):
+        (logged,) = launch["results"][r]["ebm-recovered"]["history"]
+        assert logged["recovered"] == pytest.approx(1 / 3)
+
+
 def test_unsupported_family_and_a_failing_rank(launch: dict[str, Any]) -> None:
     r0, r1 = launch["results"]
-    assert "ebm family cannot train under DistributedDataParallel" in r0["ebm"] and r1["ebm"] == r0["ebm"]
+    assert "triangle family cannot train under DistributedDataParallel" in r0["unsupported"]
+    assert r1["unsupported"] == r0["unsupported"]
     # rank 1 failed alone at the end; torchrun ended rank 0 (waiting in a collective)
     assert launch["rc"] != 0 and "rank 1 fails on purpose" in launch["log"]
 
