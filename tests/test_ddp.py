@@ -37,9 +37,10 @@ FM = {"hidden": 16, "depth": 2, "emb_dim": 8}
 GAN = {"g_hidden": 16, "d_hidden": 16, "g_depth": 1, "d_depth": 1, "latent_dim": 2, "pack": 2, "d_steps": 2}
 EVAL = {"n": 300, "mode_n": 300, "energy_n": 300}
 #: tiny energy models, one run per way of learning; a buffer of 64 persistent chains of which each
-#: rank draws 16 per step (so the ranks often draw the same chain), tempered with 2 replicas
+#: rank draws 16 per step (so the ranks often draw the same chain), tempered with 2 replicas; steps
+#: long enough that acceptance is well below 1 and differs between the ranks
 EBM_MCMC = {"hidden": 16, "depth": 2, "fourier_features": 8, "buffer_size": 64, "mcmc_steps": 4}
-EBM_MCMC["temperatures"] = 2
+EBM_MCMC.update(temperatures=2, step_size=0.5)
 EBM_NCE = {"method": "nce", "hidden": 16, "depth": 2}
 EBM_RUNS = {
     "mle": {"method": "mle", **EBM_MCMC},
@@ -108,11 +109,20 @@ WORKER = textwrap.dedent(
         torch.save(run.model.state_dict(), f"{out}/{family}{rank}.pt")
         result[family] = {"step": run.step, "history": run.history}
 
+    from genmodels.models.base import Model
+    real_call = Model.call
+    def recording_call(self, method, *args, **kwargs):  # what goes through the DDP wrapper
+        if self.data_parallel:
+            routed.append(method)
+        return real_call(self, method, *args, **kwargs)
+    Model.call = recording_call
     for name, options in EBM.items():  # MCMC on the plain module, global decisions, shared chains
+        routed = []
         run = train("ebm", "8gaussians", cfg(3), options=options)
         # a plain dict: EBM._version (a method) shadows nn.Module._version in the state dict's metadata
         torch.save(dict(run.model.state_dict()), f"{out}/ebm-{name}{rank}.pt")
-        result[f"ebm-{name}"] = {"step": run.step, "history": run.history}
+        result[f"ebm-{name}"] = {"step": run.step, "history": run.history, "routed": routed}
+    Model.call = real_call
 
     # rank 1 alone sees a diverging step (an infinite energy gap at the second update): the
     # health check reads the logs averaged over the ranks, so both ranks restore and go on
@@ -416,10 +426,25 @@ def test_ebm_equals_its_two_ranks_simulated_in_one_process(launch: dict[str, Any
     model, losses = _ebm_two_ranks_in_one_process(EBM_RUNS[name])
     state = _load(launch["out"] / f"ebm-{name}0.pt")
     _close(state, model.state_dict(), tol=1e-6)  # every tensor, the chain buffers included
+    for key in ("mcmc_step_size", "chain_step", "hot_step"):  # relative: step sizes are small
+        torch.testing.assert_close(state[key], model.state_dict()[key], rtol=1e-6, atol=0)
     if name != "nce":  # the step size did adapt (nce runs no chains)
-        assert float(state["mcmc_step_size"]) != pytest.approx(0.01, rel=1e-9)
+        assert float(state["mcmc_step_size"]) != pytest.approx(EBM_RUNS[name]["step_size"], rel=1e-3)
     (logged,) = result["history"]  # log_every=3: one entry, the means over steps 1..3 and the ranks
     assert logged["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5, abs=1e-7)
+
+
+def test_ebm_routes_only_its_loss_through_ddp(launch: dict[str, Any]) -> None:
+    """Each step sends exactly one computation through the DDP wrapper, the differentiated loss;
+    the MCMC runs on the plain module (its samples are not differentiated with respect to the
+    weights: through the wrapper it would be wasted work, and would let a step whose loss
+    bypassed DDP pass ``check_routed``). reference=flow trains its flow first, itself under DDP."""
+    for name in EBM_RUNS:
+        for r in (0, 1):
+            routed = launch["results"][r][f"ebm-{name}"]["routed"]
+            loss = "_nce_loss" if EBM_RUNS[name]["method"] == "nce" else "_ml_objective"
+            flow = ["loss"] * EBM_RUNS[name].get("flow_steps", 0) if "reference" in EBM_RUNS[name] else []
+            assert routed == flow + [loss] * 3, (name, r)
 
 
 #: the buffers that global decisions set (step-size adaptation, chain updates, recovery)

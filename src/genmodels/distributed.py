@@ -27,14 +27,18 @@ What a DDP run does, and why it equals a single process:
   (triangle and coop) gets :class:`~genmodels.models.base.NotSupportedError` after its first
   step, before anything is saved.
 - **MCMC inside a step** (ebm) runs on the plain module, never through the wrapper: it
-  differentiates f with respect to x only (parameters frozen), and a DDP forward with no
-  backward of the parameters would leave the reducer waiting. Only the loss on the finished
-  chains goes through ``call``.
+  differentiates f with respect to x only (parameters frozen) and its samples are not
+  differentiated with respect to the weights, so DDP has nothing to average there; through
+  the wrapper it would only cost a forward's bookkeeping per chain run, and would count as a
+  routed call, letting a step whose loss bypassed DDP pass :func:`check_routed`. Only the loss
+  on the finished chains goes through ``call``. (A DDP forward that is never backpropagated is
+  tolerated by torch's reducer, which is also what a skipped update relies on, below.)
 - **Decisions that change the weights or shared state are global.** Every rank must take
   the same branch, or the ranks drift apart (or hang in a collective): ebm's step-size
   adaptation uses the acceptance rate averaged over the ranks (:func:`mean_across`), its
-  health check (divergence → restore the last good state, halve lr and step size) reads the
-  logged scalars averaged over the ranks before deciding, and its persistent chains are one
+  health check (divergence → restore the last good state, halve lr and step size, skip the
+  backward) reads the logged scalars averaged over the ranks before deciding, so a NaN on one
+  rank stops the update on all, and its persistent chains are one
   buffer shared by all ranks: each rank advances its own draw of chains with its own noise,
   and the updates of all ranks are gathered (:func:`gather_across`) and written in rank order
   on every rank, so the buffer, the per-chain step sizes and their median stay identical
