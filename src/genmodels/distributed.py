@@ -35,17 +35,17 @@ What a DDP run does, and why it equals a single process:
   tolerated by torch's reducer, which is also what a skipped update relies on, below.)
 - **Decisions that change the weights or shared state are global.** Every rank must take
   the same branch, or the ranks drift apart (or hang in a collective): ebm's step-size
-  adaptation uses the acceptance rate averaged over the ranks (:func:`mean_across`), its
+  adaptation uses the acceptance rate averaged over the ranks (:func:`mean_across`); its
   health check (divergence → restore the last good state, halve lr and step size, skip the
   backward) reads the logged scalars averaged over the ranks before deciding, so a NaN on one
-  rank stops the update on all, and its persistent chains are one
-  buffer shared by all ranks: each rank advances its own draw of chains with its own noise,
-  and the updates of all ranks are gathered (:func:`gather_across`) and written in rank order
-  on every rank, so the buffer, the per-chain step sizes and their median stay identical
-  everywhere (the N ranks together advance as many chains per step as one process with the
-  global batch). A checkpoint (rank 0's) therefore holds every rank's chains, and a resume,
-  with any world size, starts all ranks from that one buffer. In one process these helpers
-  are the identity, so a single-process run is bit for bit what it was without DDP.
+  rank stops the update on all; its persistent chains are one buffer shared by all ranks:
+  each rank advances its own draw of chains with its own noise, and the updates of all ranks
+  are gathered (:func:`gather_across`) and written in rank order on every rank, so the
+  buffer, the per-chain step sizes and their median stay identical everywhere (the N ranks
+  together advance as many chains per step as one process with the global batch). A
+  checkpoint (rank 0's) therefore holds every rank's chains, and a resume, with any world
+  size, starts all ranks from that one buffer. In one process these helpers are the
+  identity, so a single-process run is bit for bit what it was without DDP.
 - **Buffers.** DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers``), so
   state a family keeps in buffers (normalization, step counters, fm's reflow pairs) is
   rank 0's on every rank, and rank 0's checkpoint holds what all ranks use. A family that
@@ -54,16 +54,20 @@ What a DDP run does, and why it equals a single process:
   when the wrapper is built, and not at every forward: the broadcast would copy its chain
   buffer every step for nothing, and would hide a desynchronisation that the tests should see.
 - **Noise.** The model generator (the noise of a family's loss: diffusion times and ε, fm's
-  source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε)
-  is seeded per rank (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks
-  draw independent noise. A noisy family therefore equals the single-process run in
-  distribution (same data, same estimator of the same gradient), not draw for draw. Every
-  rank's generator state goes into the checkpoint.
+  source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε,
+  ebm's data noise, chain draws, MCMC proposals and NCE noise) is seeded per rank
+  (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks draw independent
+  noise. A noisy family therefore equals the single-process run in distribution (same data,
+  same estimator of the same gradient), not draw for draw. Every rank's generator state goes
+  into the checkpoint.
 - **Checkpoints and logs** are written by rank 0 only; the logged scalars (loss, …) are
   averaged over the ranks first, so the divergence guard fires on every rank at once.
 - **Resume** restores every rank's generator state when the world size is unchanged (exact);
   with another world size rank 0 continues the saved stream and the other ranks are seeded
-  from (seed, rank, step).
+  from (seed, rank, step). State kept in buffers comes from rank 0's checkpoint on every
+  rank; for ebm that is the whole shared chain buffer (no rank's chains are lost). Its
+  in-memory recovery snapshot is not checkpointed (after a resume the first step takes a
+  new one), as in one process.
 - **Evaluation** in the loop runs on rank 0 alone, on the plain module (no collective call
   inside a sampler, so an adaptive ODE solver taking different step counts cannot hang the
   others), and the metrics are broadcast: they are those of a single-process evaluation of
@@ -71,6 +75,17 @@ What a DDP run does, and why it equals a single process:
   ``evaluate_model(ShardedSampler(model), …)`` on every rank: each rank draws its share of
   the samples with its own generator and the shares are gathered (:class:`ShardedSampler`);
   ``ShardedSampler(model, world_size=N)`` in one process draws the very same samples.
+
+In short, a family trains correctly under DDP when (1) every loss it differentiates goes
+through ``Model.call`` (and ``ddp_find_unused`` is set if its passes reach different parameter
+subsets), while computations that are not differentiated with respect to the weights (MCMC,
+sampling) stay on the plain module; (2) every decision that changes the weights or state all
+ranks share depends only on values that are identical on every rank (weights, global batch,
+statistics averaged with :func:`mean_across`, updates gathered with :func:`gather_across`);
+(3) state in buffers is either rank 0's by design (DDP's broadcast) or kept identical by the
+family (``ddp_sync_buffers = False``); (4) one process computes exactly what it did before.
+tests/test_ddp.py checks each for the families that train under DDP: equal state on both ranks,
+and equality with one process that simulates the two ranks.
 """
 
 from __future__ import annotations

@@ -64,6 +64,19 @@ dimension by annealed importance sampling along the geometric path from N(0, I) 
 (the tutorial's tempering, §4; ``genmodels.samplers.ais``; labelled an estimate, with its
 standard error).
 
+Data-parallel training (``torchrun``; :mod:`genmodels.distributed`): each rank takes its slice
+of the global batch and draws its own noise (data noise, chain draws and restarts, the MCMC's
+proposals, NCE's noise); the chains run on the plain module, and only the loss on them goes
+through :meth:`Model.call`, so DDP averages the gradients. What must be decided alike on every
+rank is global: short-run and CD chains adapt their step size to the acceptance averaged over
+the ranks; the persistent chains are one buffer of ``buffer_size`` chains that every rank holds
+and that the ranks advance together, each its own draw of B/N chains (B the global batch), all
+draws gathered and written in rank order, so the buffer and its step sizes stay identical on
+every rank, as much per step is done as by one process with batch B, and rank 0's checkpoint
+holds all of it; the health check below reads the logs averaged over the ranks. The reference q
+(``prepare``, before the wrapper) is fitted identically on every rank; a flow reference is
+trained data-parallel itself. One process is unaffected: bit for bit what it was without DDP.
+
 Training health: every step logs the energy gap mean f(data) − mean f(samples), the mean
 norm of the chains' gradient ∇_u log p, and the acceptance rate. When the loss, the energies
 or the weights become non-finite, or the gap exceeds ``max_energy_gap``, the model restores
