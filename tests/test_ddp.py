@@ -521,6 +521,9 @@ def test_launch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"batch-size 33 .* divisible by the 2 processes"):
         ddp.check_batch(33, ddp.Context(rank=0, world_size=2))
     assert ddp.shard_sizes(7, 3) == [3, 2, 2]
+    # without a process group the global-decision helpers are the identity (one process unchanged)
+    t = torch.tensor([0.25, 1.0])
+    assert ddp.mean_across(t) is t and ddp.gather_across(t)[0] is t and ddp.process_rank() == 0
     assert ddp.rank_seed(4, 0) == 4 and len({ddp.rank_seed(4, r) for r in range(4)}) == 4
     # the shards of a ShardedSampler in one process are the single-process samples of each rank
     model = build_model("realnvp", 2, NVP)

@@ -310,10 +310,19 @@ def mean_across(tensor: torch.Tensor) -> torch.Tensor:
     world = _group_size()
     if world == 1:
         return tensor
-    comm = tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    total = tensor.detach().to(comm, copy=True)
+    total = tensor.detach().to(_device_for(tensor), copy=True)
     dist.all_reduce(total)
     return (total / world).to(tensor.device)
+
+
+def _device_for(tensor: torch.Tensor) -> torch.device:
+    """Where a collective on ``tensor`` runs: the CPU under gloo; a GPU under NCCL (the tensor's
+    own, or this process's current one for a CPU tensor such as a vector of logged scalars)."""
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    if tensor.device.type == "cuda":
+        return tensor.device
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def gather_across(tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -323,8 +332,7 @@ def gather_across(tensor: torch.Tensor) -> list[torch.Tensor]:
     world = _group_size()
     if world == 1:
         return [tensor]
-    comm = tensor.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    mine = tensor.detach().to(comm).contiguous()
+    mine = tensor.detach().to(_device_for(tensor)).contiguous()
     parts = [torch.empty_like(mine) for _ in range(world)]
     dist.all_gather(parts, mine)
     return [p.to(tensor.device) for p in parts]
