@@ -28,13 +28,28 @@ from genmodels import get_target
 from genmodels.data import load_data
 from genmodels.evaluate import evaluate_model
 from genmodels.models import build_model
-from genmodels.train import TrainConfig, load_run, standardize_from, train
+from genmodels.models.ebm import EBM
+from genmodels.train import PREPARE_SAMPLES, TrainConfig, load_run, standardize_from, train
 
 NVP = {"layers": 2, "hidden": 16}
 FM = {"hidden": 16, "depth": 2, "emb_dim": 8}
 #: tiny players; pack 2 and 2 discriminator updates per step (several DDP passes per step)
 GAN = {"g_hidden": 16, "d_hidden": 16, "g_depth": 1, "d_depth": 1, "latent_dim": 2, "pack": 2, "d_steps": 2}
 EVAL = {"n": 300, "mode_n": 300, "energy_n": 300}
+#: tiny energy models, one run per way of learning; a buffer of 64 persistent chains of which each
+#: rank draws 16 per step (so the ranks often draw the same chain), tempered with 2 replicas; steps
+#: long enough that acceptance is well below 1 and differs between the ranks
+EBM_MCMC = {"hidden": 16, "depth": 2, "fourier_features": 8, "buffer_size": 64, "mcmc_steps": 4}
+EBM_MCMC.update(temperatures=2, step_size=0.5)
+EBM_NCE = {"method": "nce", "hidden": 16, "depth": 2}
+EBM_RUNS = {
+    "mle": {"method": "mle", **EBM_MCMC},
+    "short-run": {"method": "mle", "chains": "short-run", **EBM_MCMC},
+    "cd": {"method": "cd", **EBM_MCMC},
+    "mle-hmc": {"method": "mle", **EBM_MCMC, "kernel": "hmc", "temperatures": 1},
+    "nce": EBM_NCE,
+    "nce-flow": {**EBM_NCE, "reference": "flow", "flow_steps": 4},
+}
 
 WORKER = textwrap.dedent(
     """
@@ -50,7 +65,7 @@ WORKER = textwrap.dedent(
     out = sys.argv[1]
     rank = int(os.environ["RANK"])
     NVP, FM, EVAL = json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    GAN = json.loads(sys.argv[5])
+    GAN, EBM = json.loads(sys.argv[5]), json.loads(sys.argv[6])
     saves = []
     real_save = ckpt.save
     def counting_save(directory, record, tensors):
@@ -81,7 +96,7 @@ WORKER = textwrap.dedent(
     torch.save(cut.model.state_dict(), f"{out}/cut{rank}.pt")
     torch.save(full.model.state_dict(), f"{out}/full{rank}.pt")
     result["metrics"] = full.metrics
-    result["saves"] = saves
+    result["saves"] = list(saves)
 
     fm = train("fm", "8gaussians", cfg(3), options=FM)
     torch.save(fm.model.state_dict(), f"{out}/fm{rank}.pt")
@@ -94,10 +109,52 @@ WORKER = textwrap.dedent(
         torch.save(run.model.state_dict(), f"{out}/{family}{rank}.pt")
         result[family] = {"step": run.step, "history": run.history}
 
+    from genmodels.models.base import Model
+    real_call = Model.call
+    def recording_call(self, method, *args, **kwargs):  # what goes through the DDP wrapper
+        if self.data_parallel:
+            routed.append(method)
+        return real_call(self, method, *args, **kwargs)
+    Model.call = recording_call
+    for name, options in EBM.items():  # MCMC on the plain module, global decisions, shared chains
+        routed = []
+        run = train("ebm", "8gaussians", cfg(3), options=options)
+        torch.save(run.model.state_dict(), f"{out}/ebm-{name}{rank}.pt")
+        result[f"ebm-{name}"] = {"step": run.step, "history": run.history, "routed": routed}
+    Model.call = real_call
+
+    # persistent chains through a crash: checkpoint at 2, crash at 3, resume from rank 0's checkpoint
+    def crash_at_3(step, logs):
+        if step == 3:
+            raise Stop
+    ebm_cfg = TrainConfig(steps=3, batch_size=32, lr=1e-2, checkpoint_every=2, log_every=3, progress=False)
     try:
-        train("ebm", "8gaussians", cfg(2))
+        train("ebm", "8gaussians", ebm_cfg, out=f"{out}/ebm-cut", options=EBM["mle"], on_step=crash_at_3)
+    except Stop:
+        pass
+    run = train("ebm", None, ebm_cfg, out=f"{out}/ebm-cut", resume=True)
+    torch.save(run.model.state_dict(), f"{out}/ebm-resumed{rank}.pt")
+
+    # rank 1 alone sees a diverging step (an infinite energy gap at the second update): the
+    # health check reads the logs averaged over the ranks, so both ranks restore and go on
+    from genmodels.models.ebm import EBM as EnergyModel
+    real_nce, fired = EnergyModel._nce_loss, []
+    def flaky_nce(self, u, generator):
+        out = real_nce(self, u, generator)
+        if rank == 1 and int(self.updates) == 1 and not fired:
+            fired.append(True)
+            out["energy_gap"] = torch.tensor(float("inf"))
+        return out
+    EnergyModel._nce_loss = flaky_nce
+    run = train("ebm", "8gaussians", cfg(3), options=EBM["nce"])
+    EnergyModel._nce_loss = real_nce
+    torch.save(run.model.state_dict(), f"{out}/ebm-recovered{rank}.pt")
+    result["ebm-recovered"] = {"step": run.step, "history": run.history}
+
+    try:
+        train("triangle", "8gaussians", cfg(2))
     except NotSupportedError as err:
-        result["ebm"] = str(err)
+        result["unsupported"] = str(err)
     with open(f"{out}/result{rank}.json", "w") as f:
         json.dump(result, f)
     if rank == 1:  # one rank fails alone: rank 0 waits in a collective; torchrun must end it
@@ -134,6 +191,7 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         json.dumps(FM),
         json.dumps(EVAL),
         json.dumps(GAN),
+        json.dumps(EBM_RUNS),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
@@ -171,7 +229,8 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -
 
 def test_ranks_hold_the_same_weights(launch: dict[str, Any]) -> None:
     out = launch["out"]
-    for name in ("full", "cut", "fm", "gan", "wgan-gp"):
+    ebm = [f"ebm-{name}" for name in (*EBM_RUNS, "recovered", "resumed")]
+    for name in ("full", "cut", "fm", "gan", "wgan-gp", *ebm):
         a, b = _load(out / f"{name}0.pt"), _load(out / f"{name}1.pt")
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
@@ -314,9 +373,130 @@ def test_evaluation_equals_one_process(launch: dict[str, Any]) -> None:
     assert three["energy_distance"] != pytest.approx(r0["fm_eval"]["energy_distance"], rel=1e-6)
 
 
+def _ebm_two_ranks_in_one_process(options: dict[str, Any], steps: int = 3) -> tuple[EBM, list[float]]:
+    """What ``train("ebm", ...)`` on 2 ranks computes, in one process: each rank's slice of the
+    global batch with that rank's generator (data noise, chain draws, MCMC noise, NCE noise), the
+    MCMC step size adapted by the acceptance averaged over both ranks (cd, short-run), both
+    ranks' persistent chains written into the one buffer, rank 0's draw then rank 1's, and the
+    gradient of the mean of the two slice losses. Returns the model and the mean loss per step."""
+    cfg = _cfg(steps)
+    data = load_data("8gaussians")
+    model = build_model("ebm", data.dim, options, seed=cfg.seed)
+    assert isinstance(model, EBM)
+    standardize_from(model, data, cfg.seed)
+    reference = data.sample_reference(PREPARE_SAMPLES, cfg.seed).to(model.shift.dtype)
+    model.prepare(reference, torch.Generator().manual_seed(cfg.seed + 2))
+    model.plan(cfg.steps)
+    (opt,) = model.configure_optimizers(cfg.lr).values()
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    c, losses = model.config, []
+    for step in range(cfg.steps):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(step)
+        batch = data.batch(step, cfg.batch_size, cfg.seed, data_gen)
+        h = cfg.batch_size // 2
+        us = [model.normalize(batch[r * h : (r + 1) * h]) for r in (0, 1)]
+        opt.zero_grad()
+        if c.method == "nce":
+            parts = [model._nce_loss(us[r], gens[r])["loss"] for r in (0, 1)]
+        else:
+            us = [model._noised(us[r], gens[r]) for r in (0, 1)]
+            if c.method == "cd" or c.chains == "short-run":
+                eps = model.mcmc_step_size.to(us[0].dtype)
+                negs, accs = [], []
+                for r in (0, 1):
+                    start = us[r] if c.method == "cd" else model.sample_q(h, gens[r])
+                    neg, acc, _ = model.run_chains(start, c.mcmc_steps, gens[r], float(eps))
+                    negs.append(neg)
+                    accs.append(acc.mean())
+                model.mcmc_step_size.copy_(model._adapted(eps, (accs[0] + accs[1]) / 2))
+            else:
+                shares = [model._persistent_run(us[r], gens[r]) for r in (0, 1)]
+                for share in shares:
+                    model._store_chains(share)
+                model.mcmc_step_size.fill_(float(model.chain_step.median()))
+                negs = [share.neg for share in shares]
+            parts = [model._ml_objective(us[r], negs[r])["loss"] for r in (0, 1)]
+        loss = (parts[0] + parts[1]) / 2
+        loss.backward()
+        opt.step()
+        model.updates += 1
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+@pytest.mark.parametrize("name", ["mle", "cd", "nce"])
+def test_ebm_equals_its_two_ranks_simulated_in_one_process(launch: dict[str, Any], name: str) -> None:
+    """ebm under DDP: MCMC on the plain module with each rank's noise, the loss on the chains
+    through Model.call; mle's persistent chains are one buffer that both ranks update (gathered,
+    in rank order), cd adapts its step size by the acceptance of both ranks. Weights, chains and
+    step sizes equal one process doing what the two ranks do."""
+    result = launch["results"][0][f"ebm-{name}"]
+    assert result["step"] == 3
+    model, losses = _ebm_two_ranks_in_one_process(EBM_RUNS[name])
+    state = _load(launch["out"] / f"ebm-{name}0.pt")
+    _close(state, model.state_dict(), tol=1e-6)  # every tensor, the chain buffers included
+    for key in ("mcmc_step_size", "chain_step", "hot_step"):  # relative: step sizes are small
+        torch.testing.assert_close(state[key], model.state_dict()[key], rtol=1e-6, atol=0)
+    if name != "nce":  # the step size did adapt (nce runs no chains)
+        assert float(state["mcmc_step_size"]) != pytest.approx(EBM_RUNS[name]["step_size"], rel=1e-3)
+    (logged,) = result["history"]  # log_every=3: one entry, the means over steps 1..3 and the ranks
+    assert logged["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5, abs=1e-7)
+
+
+def test_ebm_routes_only_its_loss_through_ddp(launch: dict[str, Any]) -> None:
+    """Each step sends exactly one computation through the DDP wrapper, the differentiated loss;
+    the MCMC runs on the plain module (its samples are not differentiated with respect to the
+    weights: through the wrapper it would be wasted work, and would let a step whose loss
+    bypassed DDP pass ``check_routed``). reference=flow trains its flow first, itself under DDP."""
+    for name in EBM_RUNS:
+        for r in (0, 1):
+            routed = launch["results"][r][f"ebm-{name}"]["routed"]
+            loss = "_nce_loss" if EBM_RUNS[name]["method"] == "nce" else "_ml_objective"
+            flow = ["loss"] * EBM_RUNS[name].get("flow_steps", 0) if "reference" in EBM_RUNS[name] else []
+            assert routed == flow + [loss] * 3, (name, r)
+
+
+def test_ebm_resumes_its_shared_chains_exactly(launch: dict[str, Any]) -> None:
+    """Rank 0's checkpoint holds the one chain buffer that every rank shares, and every rank's
+    generator: the run resumed after a crash equals the uninterrupted one bit for bit."""
+    out = launch["out"]
+    a, b = _load(out / "ebm-resumed0.pt"), _load(out / "ebm-mle0.pt")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+#: the buffers that global decisions set (step-size adaptation, chain updates, recovery)
+GLOBAL_EBM_STATE = ("mcmc_step_size", "chain_step", "hot_step", "chains", "lr_factor", "recoveries")
+GLOBAL_EBM_STATE += ("updates",)
+
+
+def test_ebm_global_state_equal_across_ranks(launch: dict[str, Any]) -> None:
+    """The decisions every rank must take alike: the adapted MCMC step sizes (one for short-run
+    and cd, one per chain and replica for persistent chains), the shared chains, and the
+    recovery from a divergence that only rank 1 saw (both restored the last good state and
+    halved the learning rate; one update was undone)."""
+    out = launch["out"]
+    for name in (*EBM_RUNS, "recovered"):
+        a, b = _load(out / f"ebm-{name}0.pt"), _load(out / f"ebm-{name}1.pt")
+        for key in GLOBAL_EBM_STATE:
+            assert torch.equal(a[key], b[key]), (name, key)
+    persistent = _load(out / "ebm-mle0.pt")
+    assert persistent["chain_step"].unique().numel() > 1  # the chains' own step sizes adapted
+    recovered = [_load(out / f"ebm-recovered{r}.pt") for r in (0, 1)]
+    for state in recovered:
+        assert int(state["recoveries"]) == 1 and float(state["lr_factor"]) == 0.5
+        assert int(state["updates"]) == 1  # 3 steps: one healthy update, the second undone, one more
+    for r in (0, 1):
+        (logged,) = launch["results"][r]["ebm-recovered"]["history"]
+        assert logged["recovered"] == pytest.approx(1 / 3)
+
+
 def test_unsupported_family_and_a_failing_rank(launch: dict[str, Any]) -> None:
     r0, r1 = launch["results"]
-    assert "ebm family cannot train under DistributedDataParallel" in r0["ebm"] and r1["ebm"] == r0["ebm"]
+    assert "triangle family cannot train under DistributedDataParallel" in r0["unsupported"]
+    assert r1["unsupported"] == r0["unsupported"]
     # rank 1 failed alone at the end; torchrun ended rank 0 (waiting in a collective)
     assert launch["rc"] != 0 and "rank 1 fails on purpose" in launch["log"]
 
@@ -340,6 +520,9 @@ def test_launch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match=r"batch-size 33 .* divisible by the 2 processes"):
         ddp.check_batch(33, ddp.Context(rank=0, world_size=2))
     assert ddp.shard_sizes(7, 3) == [3, 2, 2]
+    # without a process group the global-decision helpers are the identity (one process unchanged)
+    t = torch.tensor([0.25, 1.0])
+    assert ddp.mean_across(t) is t and ddp.gather_across(t)[0] is t and ddp.process_rank() == 0
     assert ddp.rank_seed(4, 0) == 4 and len({ddp.rank_seed(4, r) for r in range(4)}) == 4
     # the shards of a ShardedSampler in one process are the single-process samples of each rank
     model = build_model("realnvp", 2, NVP)

@@ -580,3 +580,12 @@ def test_conv_energy_needs_square_images_with_a_side_divisible_by_4(dim):
         EBM(64, EBMConfig(energy="cnn"))
     with pytest.raises(ValueError, match="energy=conv takes none"):
         EBM(64, EBMConfig(energy="conv", fourier_features=8))
+
+
+def test_state_dict_is_plain_tensors(tmp_path) -> None:
+    """torch.save of the state dict loads with weights_only=True: no method of the model leaks
+    into its metadata (EBM once defined ``_version``, nn.Module's own metadata attribute)."""
+    model = build_model("ebm", 2, {}, seed=0)
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    loaded = torch.load(tmp_path / "w.pt", weights_only=True)
+    assert loaded.keys() == model.state_dict().keys()

@@ -24,24 +24,50 @@ What a DDP run does, and why it equals a single process:
   gradient penalty differentiates D with respect to its input (``autograd.grad``,
   ``create_graph``) inside the call; only the final backward reaches the weights, so DDP
   averages the gradient of the whole critic loss. A family whose ``step`` bypasses ``call``
-  (ebm, whose step also makes rank-local decisions — MCMC step-size adaptation, divergence
-  recovery — that would desynchronise the ranks; triangle and coop) gets
-  :class:`~genmodels.models.base.NotSupportedError` after its first step, before anything
-  is saved.
+  (triangle and coop) gets :class:`~genmodels.models.base.NotSupportedError` after its first
+  step, before anything is saved.
+- **MCMC inside a step** (ebm) runs on the plain module, never through the wrapper: it
+  differentiates f with respect to x only (parameters frozen) and its samples are not
+  differentiated with respect to the weights, so DDP has nothing to average there; through
+  the wrapper it would only cost a forward's bookkeeping per chain run, and would count as a
+  routed call, letting a step whose loss bypassed DDP pass :func:`check_routed`. Only the loss
+  on the finished chains goes through ``call``. (A DDP forward that is never backpropagated is
+  tolerated by torch's reducer, which is also what a skipped update relies on, below.)
+- **Decisions that change the weights or shared state are global.** Every rank must take
+  the same branch, or the ranks drift apart (or hang in a collective): ebm's step-size
+  adaptation uses the acceptance rate averaged over the ranks (:func:`mean_across`); its
+  health check (divergence → restore the last good state, halve lr and step size, skip the
+  backward) reads the logged scalars averaged over the ranks before deciding, so a NaN on one
+  rank stops the update on all; its persistent chains are one buffer shared by all ranks:
+  each rank advances its own draw of chains with its own noise, and the updates of all ranks
+  are gathered (:func:`gather_across`) and written in rank order on every rank, so the
+  buffer, the per-chain step sizes and their median stay identical everywhere (the N ranks
+  together advance as many chains per step as one process with the global batch). A
+  checkpoint (rank 0's) therefore holds every rank's chains, and a resume, with any world
+  size, starts all ranks from that one buffer. In one process these helpers are the
+  identity, so a single-process run is bit for bit what it was without DDP.
 - **Buffers.** DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers``), so
   state a family keeps in buffers (normalization, step counters, fm's reflow pairs) is
-  rank 0's on every rank, and rank 0's checkpoint holds what all ranks use.
+  rank 0's on every rank, and rank 0's checkpoint holds what all ranks use. A family that
+  keeps its buffers identical by itself (``Model.ddp_sync_buffers = False``: ebm, whose
+  chains, step sizes and counters are updated by the global decisions above) is synced once,
+  when the wrapper is built, and not at every forward: the broadcast would copy its chain
+  buffer every step for nothing, and would hide a desynchronisation that the tests should see.
 - **Noise.** The model generator (the noise of a family's loss: diffusion times and ε, fm's
-  source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε)
-  is seeded per rank (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks
-  draw independent noise. A noisy family therefore equals the single-process run in
-  distribution (same data, same estimator of the same gradient), not draw for draw. Every
-  rank's generator state goes into the checkpoint.
+  source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε,
+  ebm's data noise, chain draws, MCMC proposals and NCE noise) is seeded per rank
+  (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks draw independent
+  noise. A noisy family therefore equals the single-process run in distribution (same data,
+  same estimator of the same gradient), not draw for draw. Every rank's generator state goes
+  into the checkpoint.
 - **Checkpoints and logs** are written by rank 0 only; the logged scalars (loss, …) are
   averaged over the ranks first, so the divergence guard fires on every rank at once.
 - **Resume** restores every rank's generator state when the world size is unchanged (exact);
   with another world size rank 0 continues the saved stream and the other ranks are seeded
-  from (seed, rank, step).
+  from (seed, rank, step). State kept in buffers comes from rank 0's checkpoint on every
+  rank; for ebm that is the whole shared chain buffer (no rank's chains are lost). Its
+  in-memory recovery snapshot is not checkpointed (after a resume the first step takes a
+  new one), as in one process.
 - **Evaluation** in the loop runs on rank 0 alone, on the plain module (no collective call
   inside a sampler, so an adaptive ODE solver taking different step counts cannot hang the
   others), and the metrics are broadcast: they are those of a single-process evaluation of
@@ -49,6 +75,17 @@ What a DDP run does, and why it equals a single process:
   ``evaluate_model(ShardedSampler(model), …)`` on every rank: each rank draws its share of
   the samples with its own generator and the shares are gathered (:class:`ShardedSampler`);
   ``ShardedSampler(model, world_size=N)`` in one process draws the very same samples.
+
+In short, a family trains correctly under DDP when (1) every loss it differentiates goes
+through ``Model.call`` (and ``ddp_find_unused`` is set if its passes reach different parameter
+subsets), while computations that are not differentiated with respect to the weights (MCMC,
+sampling) stay on the plain module; (2) every decision that changes the weights or state all
+ranks share depends only on values that are identical on every rank (weights, global batch,
+statistics averaged with :func:`mean_across`, updates gathered with :func:`gather_across`);
+(3) state in buffers is either rank 0's by design (DDP's broadcast) or kept identical by the
+family (``ddp_sync_buffers = False``); (4) one process computes exactly what it did before.
+tests/test_ddp.py checks each for the families that train under DDP: equal state on both ranks,
+and equality with one process that simulates the two ranks.
 """
 
 from __future__ import annotations
@@ -181,13 +218,18 @@ def wrap(model: Model, ctx: Context) -> DistributedDataParallel:
     Construction broadcasts rank 0's parameters and buffers to every rank. A family whose
     backward passes each reach only part of its parameters (``Model.ddp_find_unused``, e.g. a
     GAN's two players) gets ``find_unused_parameters=True``: DDP then finds the parameters a
-    pass left out and leaves their gradients alone.
+    pass left out and leaves their gradients alone. A family with ``Model.ddp_sync_buffers``
+    False gets its buffers broadcast here only, not at every forward.
     """
     ddp = DistributedDataParallel(
         _Dispatch(model),
         device_ids=[ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None,
         find_unused_parameters=type(model).ddp_find_unused,
-    )  # buffers: DDP's default, rank 0's broadcast at every forward
+    )  # buffers: rank 0's broadcast now, and at every forward unless the family keeps them in sync
+    if not type(model).ddp_sync_buffers:
+        # set after construction (not ``broadcast_buffers=False``), so that the buffers are still
+        # synced once now; torch >= 2.13 names the attribute forward_sync_buffers (this setter)
+        ddp.broadcast_buffers = False
     model.__dict__["_ddp"] = ddp
     model.__dict__["_ddp_calls"] = 0
     return ddp
@@ -244,6 +286,56 @@ def rank_seed(seed: int, rank: int, *extra: int) -> int:
         return seed
     words = [int(v) % 2**32 for v in (seed, rank, *extra)]
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+def _group_size() -> int:
+    """The world size of the default process group, 1 when there is none."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def process_rank() -> int:
+    """This process's rank in the default group, 0 when there is none."""
+    return dist.get_rank() if _group_size() > 1 else 0
+
+
+def mean_across(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` averaged over the ranks (a new tensor, same dtype and device), for a statistic
+    that drives a decision every rank must take alike (e.g. the mean MCMC acceptance that adapts
+    a step size). The identity, ``tensor`` itself, when no process group is active.
+
+    Collective: under a process group every rank must call it, in the same order.
+    """
+    world = _group_size()
+    if world == 1:
+        return tensor
+    total = tensor.detach().to(_device_for(tensor), copy=True)
+    dist.all_reduce(total)
+    return (total / world).to(tensor.device)
+
+
+def _device_for(tensor: torch.Tensor) -> torch.device:
+    """Where a collective on ``tensor`` runs: the CPU under gloo; a GPU under NCCL (the tensor's
+    own, or this process's current one for a CPU tensor such as a vector of logged scalars)."""
+    if dist.get_backend() != "nccl":
+        return torch.device("cpu")
+    if tensor.device.type == "cuda":
+        return tensor.device
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def gather_across(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """``[tensor of rank 0, tensor of rank 1, …]`` (every rank's ``tensor`` must have the same
+    shape and dtype), ``[tensor]`` when no process group is active. Collective, as
+    :func:`mean_across`."""
+    world = _group_size()
+    if world == 1:
+        return [tensor]
+    mine = tensor.detach().to(_device_for(tensor)).contiguous()
+    parts = [torch.empty_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine)
+    return [p.to(tensor.device) for p in parts]
 
 
 def mean_logs(logs: dict[str, float], ctx: Context) -> dict[str, float]:

@@ -135,6 +135,11 @@ class Model(nn.Module):
     autocast_safe: ClassVar[bool] = False
     #: Why it is not, for the error message (set by families with a reason of their own).
     autocast_unsafe_because: ClassVar[str] = "its training has not been shown to be accurate in bfloat16"
+    #: Whether DDP broadcasts rank 0's buffers at every forward (its default). A family whose
+    #: step keeps its buffers identical on every rank by itself (global decisions, gathered
+    #: updates: the energy-based model's chains) sets False: they are then synced once, when the
+    #: wrapper is built, and a desynchronisation shows instead of being papered over.
+    ddp_sync_buffers: ClassVar[bool] = True
 
     @classmethod
     def train_defaults_for(cls, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -288,6 +293,12 @@ class Model(nn.Module):
         out["loss"].backward()
         opt.step()
         return {k: float(v.detach()) for k, v in out.items()}
+
+    @property
+    def data_parallel(self) -> bool:
+        """Whether the model is wrapped for DistributedDataParallel (its ``step`` then runs on every
+        rank together, so it may, and for global decisions must, use collective operations)."""
+        return "_ddp" in self.__dict__
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """``getattr(self, method)(*args, **kwargs)`` for a computation whose result is

@@ -64,6 +64,19 @@ dimension by annealed importance sampling along the geometric path from N(0, I) 
 (the tutorial's tempering, §4; ``genmodels.samplers.ais``; labelled an estimate, with its
 standard error).
 
+Data-parallel training (``torchrun``; :mod:`genmodels.distributed`): each rank takes its slice
+of the global batch and draws its own noise (data noise, chain draws and restarts, the MCMC's
+proposals, NCE's noise); the chains run on the plain module, and only the loss on them goes
+through :meth:`Model.call`, so DDP averages the gradients. What must be decided alike on every
+rank is global: short-run and CD chains adapt their step size to the acceptance averaged over
+the ranks; the persistent chains are one buffer of ``buffer_size`` chains that every rank holds
+and that the ranks advance together, each its own draw of B/N chains (B the global batch), all
+draws gathered and written in rank order, so the buffer and its step sizes stay identical on
+every rank, as much per step is done as by one process with batch B, and rank 0's checkpoint
+holds all of it; the health check below reads the logs averaged over the ranks. The reference q
+(``prepare``, before the wrapper) is fitted identically on every rank; a flow reference is
+trained data-parallel itself. One process is unaffected: bit for bit what it was without DDP.
+
 Training health: every step logs the energy gap mean f(data) − mean f(samples), the mean
 norm of the chains' gradient ∇_u log p, and the acceptance rate. When the loss, the energies
 or the weights become non-finite, or the gap exceeds ``max_energy_gap``, the model restores
@@ -83,6 +96,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from genmodels import distributed as ddp
 from genmodels.models.base import Model, ModelConfig, SampleConfig
 from genmodels.nets.conv import ConvEncoder, conv_base, image_side
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation, RandomFourierFeatures
@@ -225,6 +239,26 @@ class EBMSampleConfig(SampleConfig):
 SIR_OVERSAMPLE = 16
 
 
+@dataclass
+class ChainShare:
+    """One draw of persistent chains advanced by one rank in one step (:meth:`EBM._persistent_run`)."""
+
+    idx: torch.Tensor
+    """(n,) the chains' rows in the buffer"""
+    neg: torch.Tensor
+    """(n, d) their new cold positions"""
+    hot: torch.Tensor
+    """(T − 1, n, d) the new positions of their hot replicas ((0, n, d) without tempering)"""
+    steps: torch.Tensor
+    """(T, n) the adapted step sizes, the hot replicas' then the cold chains' (last row)"""
+    accept: torch.Tensor | None = None
+    """(n,) the cold chains' mean acceptance (for the logs; not gathered)"""
+    grad: torch.Tensor | None = None
+    """(n,) the norm of ∇ log p̃ at the cold chains' new positions (for the logs; not gathered)"""
+    eps: torch.Tensor | None = None
+    """(n,) the cold chains' step sizes before this step (for the logs; not gathered)"""
+
+
 class QuadraticEnergy(nn.Module):
     """f(u) = −½ uᵀ W u + bᵀ u with W symmetric; zero at initialisation."""
 
@@ -260,6 +294,9 @@ class EBM(Model):
         "method": {"mle": {"lr": 3e-3}, "cd": {"lr": 3e-3}}
     }
     tour_steps: ClassVar[int] = 3000
+    #: the step keeps every buffer identical on all ranks itself (global decisions, gathered chain
+    #: updates), so DDP need not broadcast rank 0's buffers (the chains) at every forward
+    ddp_sync_buffers: ClassVar[bool] = False
     #: checkpoints from before the data-noise schedule learned from the data itself
     options_before: ClassVar[dict[str, Any]] = {"data_noise": 0.0, "fourier_features": 0}
     #: held-out digits (bench_digits, 90 s of one shared core, seed 0; AIS estimates): mlp 3.10 bits/dim,
@@ -451,7 +488,7 @@ class EBM(Model):
         """
         if method == "auto":
             method = "grid" if self.dim <= 2 else "ais"
-        key = (method, tuple(sorted(options.items(), key=str)), self._version())
+        key = (method, tuple(sorted(options.items(), key=str)), self._logz_version())
         if self._logz_cache is not None and self._logz_cache[0] == key:
             return self._logz_cache[1]
         if method == "grid":
@@ -471,7 +508,9 @@ class EBM(Model):
         self._logz_cache = (key, out)
         return out
 
-    def _version(self) -> tuple:
+    def _logz_version(self) -> tuple:
+        """Identifies the weights and reference behind a cached log Z (not ``_version``: that name
+        is nn.Module's own, read into every state dict's metadata)."""
         tensors = [*self.parameters(), self.ref_mean, self.ref_chol, self.box_lo, self.box_hi]
         return (*((id(t), t._version) for t in tensors), str(self.device))
 
@@ -548,6 +587,11 @@ class EBM(Model):
 
     # -- training ---------------------------------------------------------------------
     def step(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
+        """One update. Under DDP (:mod:`genmodels.distributed`) every branch below is taken alike
+        on every rank: the MCMC runs on the plain module with this rank's noise, the loss on its
+        result goes through :meth:`Model.call` (gradients averaged), the step-size adaptation and
+        the persistent chains' updates are global (:meth:`_ml_loss`), and the health check reads
+        the logs averaged over the ranks, so a restore or a skipped update happens everywhere."""
         if not bool(self.prepared):
             raise RuntimeError("call prepare(data_sample, generator) first (the training loop does)")
         (opt,) = self.optimizers.values()
@@ -557,70 +601,121 @@ class EBM(Model):
             group["lr"] *= float(self.lr_factor)
         u = self.normalize(batch)
         opt.zero_grad(set_to_none=True)
-        loss_fn = self._nce_loss if self.config.method == "nce" else self._ml_loss
-        out = loss_fn(u, generator)
+        if self.config.method == "nce":
+            out = self.call("_nce_loss", u, generator)
+        else:
+            out = self._ml_loss(u, generator)
         logs = {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in out.items()}
+        logs = self._global_logs(logs)
         if not self._healthy(logs):
+            # every rank skips the backward together (a DDP forward without backward is fine)
             return self._recover(opt, logs)
         out["loss"].backward()
         opt.step()
         if not all(bool(torch.isfinite(p).all()) for p in self.parameters()):
-            return self._recover(opt, logs)
+            return self._recover(opt, logs)  # the weights are equal on every rank: a global decision
         self.updates += 1  # healthy updates: the snapshots' and the data noise's clock
         if int(self.updates) % SNAPSHOT_EVERY == 0:
             self._take_snapshot(opt)
         self._last_logs = logs
         return logs
 
+    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+        """Under DDP, the logged scalars averaged over the ranks (the means over the global batch:
+        the shards are equal), so that the health check decides alike on every rank; a NaN on
+        one rank makes the mean NaN everywhere. In one process, ``logs`` itself."""
+        if not self.data_parallel:
+            return logs
+        values = ddp.mean_across(torch.tensor(list(logs.values()), dtype=torch.float64))
+        return dict(zip(logs, values.tolist(), strict=True))
+
     def _ml_loss(self, u: torch.Tensor, generator: torch.Generator | None) -> dict[str, torch.Tensor]:
-        """MLE / CD: mean f(x̃) − mean f(x) (+ the optional energy penalty), with health logs."""
+        """MLE / CD: mean f(x̃) − mean f(x) (+ the optional energy penalty), with health logs.
+
+        The chains run on the plain module (no parameter gradients, hence not through DDP); only
+        :meth:`_ml_objective` on their result goes through :meth:`Model.call`. Short-run and CD
+        chains share one step size, adapted by the acceptance averaged over the ranks."""
         c = self.config
         u = self._noised(u, generator)
         n = u.shape[0]
-        idx = None
-        if c.method == "cd":
-            start = u.detach()
-        elif c.chains == "short-run":
-            start = self.sample_q(n, generator)
-        else:
-            idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
-            start = self.chains[idx]
-            fresh = torch.rand(n, generator=generator, device=self.device) < c.reinit
-            restart = self._restarts(u, generator)
-            start = torch.where(fresh[:, None], restart, start)
-        if idx is None:  # one step size for all chains, adapted by their mean acceptance
+        if c.method == "cd" or c.chains == "short-run":
+            start = u.detach() if c.method == "cd" else self.sample_q(n, generator)
+            # one step size for all chains, adapted by their mean acceptance (over all ranks)
             eps = self.mcmc_step_size.to(u.dtype)
             neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, float(eps))
-            self.mcmc_step_size.copy_(self._adapted(eps, acc.mean()))
-        else:  # persistent chains keep their own step sizes; fresh ones start at the median
-            eps = torch.where(fresh, self.chain_step.median(), self.chain_step[idx])
-            if self.hot_chains.shape[0]:
-                hot_eps = self.hot_step[:, idx]
-                steps = torch.cat([hot_eps, eps[None]])
-                neg, hot, acc_all, grad, adapted = self._tempered_chains(
-                    start, self.hot_chains[:, idx], steps, generator
-                )
-                acc = acc_all[-1]
-            else:
-                neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
-            if bool(torch.isfinite(neg).all()):
-                self.chains[idx] = neg
-                if self.hot_chains.shape[0]:
-                    self.chain_step[idx] = adapted[-1]
-                    if bool(torch.isfinite(hot).all()):
-                        self.hot_chains[:, idx] = hot
-                        self.hot_step[:, idx] = adapted[:-1]
-                else:
-                    self.chain_step[idx] = self._adapted(eps, acc)
+            mean_acc = ddp.mean_across(acc.mean()) if self.data_parallel else acc.mean()
+            self.mcmc_step_size.copy_(self._adapted(eps, mean_acc))
+        else:
+            share = self._persistent_run(u, generator)
+            for each in self._gathered(share):
+                self._store_chains(each)
             self.mcmc_step_size.fill_(float(self.chain_step.median()))
+            neg, acc, grad, eps = share.neg, share.accept, share.grad, share.eps
         stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
+        return {**self.call("_ml_objective", u, neg), **stats}
+
+    def _ml_objective(self, u: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The differentiated part of mle and cd on data ``u`` and finished chains ``neg``: run
+        through :meth:`Model.call`, so DDP averages its gradient."""
+        c = self.config
         f_data, f_neg = self.f(u), self.f(neg)
         loss = f_neg.mean() - f_data.mean()
         if c.energy_reg > 0:
             loss = loss + c.energy_reg * ((f_data**2).mean() + (f_neg**2).mean())
         if c.gap_reg > 0:
             loss = loss + c.gap_reg * (f_data.mean() - f_neg.mean()) ** 2
-        return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach(), **stats}
+        return {"loss": loss, "energy_gap": (f_data.mean() - f_neg.mean()).detach()}
+
+    def _persistent_run(self, u: torch.Tensor, generator: torch.Generator | None) -> ChainShare:
+        """Advance one draw of persistent chains, one per row of ``u``, and return them with their
+        adapted step sizes, leaving the buffer alone (:meth:`_store_chains` writes it).
+
+        Draws the chains from the buffer, restarts a fraction ``reinit`` of them (fresh chains
+        start at the median step size), runs them, tempered when ``temperatures`` > 1; every
+        chain adapts its own step size to its own acceptance."""
+        c = self.config
+        n = u.shape[0]
+        idx = torch.randint(self.chains.shape[0], (n,), generator=generator, device=self.device)
+        start = self.chains[idx]
+        fresh = torch.rand(n, generator=generator, device=self.device) < c.reinit
+        restart = self._restarts(u, generator)
+        start = torch.where(fresh[:, None], restart, start)
+        eps = torch.where(fresh, self.chain_step.median(), self.chain_step[idx])
+        if self.hot_chains.shape[0]:
+            steps = torch.cat([self.hot_step[:, idx], eps[None]])
+            neg, hot, acc_all, grad, adapted = self._tempered_chains(
+                start, self.hot_chains[:, idx], steps, generator
+            )
+            acc = acc_all[-1]
+        else:
+            neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, eps)
+            hot = neg.new_zeros((0, *neg.shape))
+            adapted = self._adapted(eps, acc)[None]
+        return ChainShare(idx=idx, neg=neg, hot=hot, steps=adapted, accept=acc, grad=grad, eps=eps)
+
+    def _gathered(self, share: ChainShare) -> list[ChainShare]:
+        """Every rank's chains of this step in rank order (under DDP; else ``[share]``), so that
+        every rank writes the same updates into the one shared buffer."""
+        if not self.data_parallel:
+            return [share]
+        idx, neg, steps = (ddp.gather_across(t) for t in (share.idx, share.neg, share.steps))
+        hot = ddp.gather_across(share.hot) if share.hot.numel() else [share.hot] * len(idx)
+        return [
+            ChainShare(idx=i, neg=x, hot=h, steps=e) for i, x, h, e in zip(idx, neg, hot, steps, strict=True)
+        ]
+
+    def _store_chains(self, share: ChainShare) -> None:
+        """Write a draw of advanced chains (and their step sizes) back into the buffer, the cold
+        chains only where all are finite, the hot replicas only where those are too. Draws are
+        written in rank order, so a chain that two ranks drew keeps the later rank's result (as a
+        chain drawn twice in one batch keeps its last copy's)."""
+        if not bool(torch.isfinite(share.neg).all()):
+            return
+        self.chains[share.idx] = share.neg
+        self.chain_step[share.idx] = share.steps[-1]
+        if share.hot.shape[0] and bool(torch.isfinite(share.hot).all()):
+            self.hot_chains[:, share.idx] = share.hot
+            self.hot_step[:, share.idx] = share.steps[:-1]
 
     def plan(self, steps: int) -> None:
         self.planned_steps.fill_(int(steps))
@@ -772,12 +867,13 @@ class EBM(Model):
         self.mcmc_step_size.mul_(0.5)
         self.chain_step.mul_(0.5)
         self.hot_step.mul_(0.5)
-        tqdm.write(
-            f"ebm: training diverged ({bad}); restored the last good state, halved the learning "
-            f"rate (×{float(self.lr_factor):.3g}) and the MCMC step size "
-            f"(now {float(self.mcmc_step_size):.3g})",
-            file=sys.stderr,
-        )
+        if ddp.process_rank() == 0:  # every rank recovers alike; one says so
+            tqdm.write(
+                f"ebm: training diverged ({bad}); restored the last good state, halved the learning "
+                f"rate (×{float(self.lr_factor):.3g}) and the MCMC step size "
+                f"(now {float(self.mcmc_step_size):.3g})",
+                file=sys.stderr,
+            )
         self._take_snapshot(opt)
         logs = dict(self._last_logs) if self._last_logs else {"loss": 0.0}
         logs["recovered"] = 1.0
