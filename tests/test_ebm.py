@@ -495,6 +495,17 @@ def test_data_noise_anneals_geometrically_over_its_share_of_the_run():
     for updates, sigma in expected:
         model.updates.fill_(updates)
         assert model.data_noise_level() == pytest.approx(sigma)
+    # the level is cached between changes of the counters, and follows every way they change
+    model.updates.fill_(100)
+    assert model.data_noise_level() == pytest.approx(0.03)
+    model.updates += 100
+    assert model.data_noise_level() == 0.0
+    model.plan(800)
+    assert model.data_noise_level() == pytest.approx(0.03)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["updates"].fill_(0)
+    model.load_state_dict(state)
+    assert model.data_noise_level() == pytest.approx(0.3)
     # the positive phase sees the data convolved with N(0, σ²I): its spread is σ
     model.updates.fill_(0)
     u = torch.zeros(20_000, 2)

@@ -722,15 +722,23 @@ class EBM(Model):
 
     def data_noise_level(self) -> float:
         """The current σ of the annealed data noise: σ₀·0.01^(k/K) after k of the K =
-        ``data_noise_fraction``·steps annealing updates, 0 after them or when off."""
+        ``data_noise_fraction``·steps annealing updates, 0 after them or when off.
+
+        ``f`` asks for it at every evaluation (the Fourier features' smoothing), i.e. at every MCMC
+        step; reading the two counters would cost a device synchronisation each time on a GPU. The
+        value is therefore cached, keyed by the counters' identity and in-place version (bumped by
+        ``+=``, ``fill_``, ``copy_``, ``load_state_dict``; a move to another device makes new
+        tensors), so it is recomputed exactly when a counter changed."""
+        key = (id(self.updates), self.updates._version, id(self.planned_steps), self.planned_steps._version)
+        cached = self.__dict__.get("_noise_level")
+        if cached is not None and cached[0] == key:
+            return cached[1]
         c = self.config
         span = c.data_noise_fraction * int(self.planned_steps)
-        if c.data_noise <= 0 or span <= 0:
-            return 0.0
-        progress = int(self.updates) / span
-        if progress >= 1.0:
-            return 0.0
-        return c.data_noise * DATA_NOISE_END**progress
+        progress = int(self.updates) / span if span > 0 else 1.0
+        level = 0.0 if c.data_noise <= 0 or progress >= 1.0 else c.data_noise * DATA_NOISE_END**progress
+        self.__dict__["_noise_level"] = (key, level)
+        return level
 
     def _noised(self, u: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         sigma = self.data_noise_level()
