@@ -5,7 +5,10 @@ log-density method and the evaluation on the GPU, and one full CLI round trip (t
 sample, log-prob, evaluate, then loading the CUDA checkpoint on the CPU). Each item is
 caught on its own so that one failure does not hide the others; the script exits 1 if any
 failed. It also times training steps per second on the GPU against the same model on the
-CPU of the same machine.
+CPU of the same machine, runs the NCCL paths of ``genmodels.distributed`` in a one-process
+group (:func:`nccl_checks`), and with ``--precision-steps N`` trains every family that allows
+mixed precision in float32 and in bf16 and compares their KL and time (:func:`precision_checks`).
+Results are rewritten to ``--out`` after every item, so a run cut short keeps what it did.
 
     PYTHONPATH=src python benchmarks/bench_cuda.py --out bench_cuda.json
 
