@@ -295,6 +295,12 @@ def _group_size() -> int:
     return 1
 
 
+def world_size() -> int:
+    """The number of ranks in the default group, 1 when there is none (e.g. for a family that splits
+    a global count, such as coop's persistent chains per step, over the ranks)."""
+    return _group_size()
+
+
 def process_rank() -> int:
     """This process's rank in the default group, 0 when there is none."""
     return dist.get_rank() if _group_size() > 1 else 0
