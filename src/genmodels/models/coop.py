@@ -95,6 +95,20 @@ Density and samples:
   mean alone draws a thinner distribution than the EBM's (8gaussians, 1200 steps: grid KL
   1.21 for g(z) against 0.69 for g(z) + σε).
 
+Data-parallel training (``torchrun``; :mod:`genmodels.distributed`): each rank takes its slice
+of the global batch and draws its own noise (latents, revision, persistent chains, z
+inference); the MCMC runs on the plain module, and the two differentiated losses, the EBM's
+(:meth:`Coop._ebm_objective`, with the persistent chains' term inside) and the generator's
+(:meth:`Coop._teaching_loss`), go through :meth:`Model.call`, so DDP averages each player's
+gradient (``ddp_find_unused``: each pass reaches one player). What must be decided alike on
+every rank is global: the revision's Δt adapts to the acceptance averaged over the ranks; the
+persistent chains are the ``ebm`` family's one shared buffer, the ranks splitting a step's
+min(``buffer_chains``, global batch) chains evenly and writing all draws in rank order; the
+health check reads the logs averaged over the ranks (a divergence on one rank restores the
+EBM on all); σ's moving average and the generator's finiteness check read the regression loss
+averaged over the ranks. Every buffer is thus identical on all ranks without DDP's broadcast
+(``ddp_sync_buffers`` False). One process is unaffected: bit for bit what it was without DDP.
+
 The generator starts as the EBM's reference q (an affine skip A z + b set to q in
 :meth:`prepare`, plus an MLP with a zero output layer; :class:`Generator`): both models start
 at the same distribution. A generator started collapsed (a plain random MLP) stayed a blob

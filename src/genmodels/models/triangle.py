@@ -90,6 +90,20 @@ the generator's importance-weighted lower bound from the inference model (Burda 
 kind "lower_bound". ``sample`` draws from the generator, optionally refined by Langevin/MALA
 steps on the EBM (``refine_steps``).
 
+**Data-parallel training** (``torchrun``; :mod:`genmodels.distributed`): each rank takes its
+slice of the global batch and draws its own noise (pairs of P, the encoder's draws, the MCMC);
+the two passes of a step go through :meth:`Model.call`, the EBM's
+(:meth:`Triangle._ebm_objective`) and the generator and inference model's
+(:meth:`Triangle._generator_objective`, which makes the draws x̃ = g_θ(z) + σ ε from their noise
+inside the pass), so DDP averages each side's gradient (``ddp_find_unused``: each pass reaches
+one side). The MCMC (``negative_steps``, ``buffer_chains``) runs on the plain module; its step
+size adapts to the acceptance averaged over the ranks, the persistent chains are the ``ebm``
+family's one shared buffer (a step's min(``buffer_chains``, global batch) chains split evenly
+over the ranks, all draws written in rank order), and a non-finite loss is judged on its mean
+over the ranks, so all ranks stop together. The buffers stay identical on every rank without
+DDP's broadcast (``ddp_sync_buffers`` False). One process is unaffected: bit for bit what it
+was without DDP.
+
 Provenance: the objective and the three models are as in ``shared/tutorial.md`` §8 item 1 (the
 paper's §3 body was not reachable through the search tools, only its abstract); the
 decompositions above are derived here and checked against closed forms on a linear-Gaussian
