@@ -30,7 +30,7 @@ from genmodels.evaluate import evaluate_model
 from genmodels.models import build_model
 from genmodels.models.base import Model
 from genmodels.models.coop import SIGMA_EMA, Coop, CoopConfig
-from genmodels.models.ebm import EBM, STEP_ADAPT_RATE, EBMConfig
+from genmodels.models.ebm import EBM, STEP_ADAPT_RATE, EBMConfig, chains_per_rank
 from genmodels.models.triangle import Triangle
 from genmodels.train import PREPARE_SAMPLES, TrainConfig, load_run, standardize_from, train
 
@@ -766,3 +766,15 @@ def test_joint_families_global_state_equal_across_ranks(launch: dict[str, Any]) 
         assert int(state["ebm.updates"]) == 1
         (logged,) = launch["results"][r]["coop-recovered"]["history"]
         assert logged["recovered"] == pytest.approx(1 / 3)
+
+
+def test_persistent_chains_split_evenly_over_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """coop's and triangle's buffer_chains per step is a global count: N ranks advance
+    min(buffer_chains, global batch) / N each, so a count that does not split is refused; in one
+    process (or outside a step under DDP) it is min(buffer_chains, batch) as before."""
+    assert chains_per_rank(8, 16, False, "coop") == 8 and chains_per_rank(256, 16, False, "coop") == 16
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    assert chains_per_rank(8, 16, True, "coop") == 4  # of min(8, 32)
+    assert chains_per_rank(256, 16, True, "coop") == 16  # of min(256, 32): the whole slice
+    with pytest.raises(ValueError, match=r"triangle: buffer_chains=7 .* multiple of 2"):
+        chains_per_rank(7, 16, True, "triangle")
