@@ -976,8 +976,9 @@ def chains_per_rank(buffer_chains: int, batch: int, across: bool, family: str) -
     negatives pool ``batch`` generator draws (this rank's slice of the global batch) with
     min(``buffer_chains``, global batch) persistent chains. Under DDP (``across``) the N ranks
     split that count evenly, so that each rank's pooled loss weighs its draws and its chains as
-    one process with the global batch does (the ranks' average is then that process's loss); in
-    one process, min(buffer_chains, batch). A ValueError when the count does not split evenly."""
+    one process with the global batch does (the ranks' average is then that process's estimator,
+    with other draws); in one process, min(buffer_chains, batch). A ValueError when the count does
+    not split evenly."""
     ranks = ddp.world_size() if across else 1
     total = min(buffer_chains, batch * ranks)
     if total % ranks:
