@@ -28,7 +28,10 @@ from genmodels import get_target
 from genmodels.data import load_data
 from genmodels.evaluate import evaluate_model
 from genmodels.models import build_model
-from genmodels.models.ebm import EBM
+from genmodels.models.base import Model
+from genmodels.models.coop import SIGMA_EMA, Coop, CoopConfig
+from genmodels.models.ebm import EBM, STEP_ADAPT_RATE, EBMConfig, chains_per_rank
+from genmodels.models.triangle import Triangle
 from genmodels.train import PREPARE_SAMPLES, TrainConfig, load_run, standardize_from, train
 
 NVP = {"layers": 2, "hidden": 16}
@@ -50,6 +53,15 @@ EBM_RUNS = {
     "nce": EBM_NCE,
     "nce-flow": {**EBM_NCE, "reference": "flow", "flow_steps": 4},
 }
+#: tiny CoopNets: each rank advances 4 of the 8 persistent chains a step (buffer_chains below the
+#: global batch, so the split over the ranks matters); a step size large enough that the revision's
+#: acceptance is below its 0.9 target (it adapts, differently on each rank), z inference and σ learned
+COOP = {"hidden": 16, "depth": 2, "g_hidden": 16, "g_depth": 1, "latent_dim": 2, "langevin_steps": 4}
+COOP.update(step_size=1.0, buffer_chains=8, buffer_size=32, infer_z=True, z_steps=2)
+#: a tiny divergence triangle with every MCMC option on: refined negatives (some restarted from q)
+#: whose step size adapts, and 8 persistent chains pooled in (4 per rank)
+TRIANGLE = {"hidden": 16, "depth": 1, "ebm_hidden": 16, "ebm_depth": 2, "latent_dim": 2}
+TRIANGLE.update(negative_steps=2, negative_restart=0.25, buffer_chains=8, buffer_size=32, buffer_steps=4)
 
 WORKER = textwrap.dedent(
     """
@@ -66,6 +78,7 @@ WORKER = textwrap.dedent(
     rank = int(os.environ["RANK"])
     NVP, FM, EVAL = json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
     GAN, EBM = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+    COOP, TRIANGLE = json.loads(sys.argv[7]), json.loads(sys.argv[8])
     saves = []
     real_save = ckpt.save
     def counting_save(directory, record, tensors):
@@ -121,6 +134,28 @@ WORKER = textwrap.dedent(
         run = train("ebm", "8gaussians", cfg(3), options=options)
         torch.save(run.model.state_dict(), f"{out}/ebm-{name}{rank}.pt")
         result[f"ebm-{name}"] = {"step": run.step, "history": run.history, "routed": routed}
+    for family, options in (("coop", COOP), ("triangle", TRIANGLE)):  # two passes, MCMC on the side
+        routed = []
+        run = train(family, "8gaussians", cfg(3), options=options)
+        torch.save(run.model.state_dict(), f"{out}/{family}{rank}.pt")
+        result[family] = {"step": run.step, "history": run.history, "routed": routed}
+
+    # coop: rank 1 alone sees a diverging step (an infinite energy gap at the second update); the
+    # health check reads the logs averaged over the ranks, so both ranks restore and skip the rest
+    from genmodels.models.coop import Coop
+    real_objective, fired = Coop._ebm_objective, []
+    def flaky_objective(self, u, x_tilde, persistent):
+        out = real_objective(self, u, x_tilde, persistent)
+        if rank == 1 and int(self.ebm.updates) == 1 and not fired:
+            fired.append(True)
+            out["f_data"] = torch.tensor(float("inf"))
+        return out
+    Coop._ebm_objective = flaky_objective
+    routed = []
+    run = train("coop", "8gaussians", cfg(3), options=COOP)
+    Coop._ebm_objective = real_objective
+    torch.save(run.model.state_dict(), f"{out}/coop-recovered{rank}.pt")
+    result["coop-recovered"] = {"step": run.step, "history": run.history, "routed": routed}
     Model.call = real_call
 
     # persistent chains through a crash: checkpoint at 2, crash at 3, resume from rank 0's checkpoint
@@ -151,8 +186,20 @@ WORKER = textwrap.dedent(
     torch.save(run.model.state_dict(), f"{out}/ebm-recovered{rank}.pt")
     result["ebm-recovered"] = {"step": run.step, "history": run.history}
 
+    class Bypass(Model):  # its step differentiates a loss without Model.call: DDP would not see it
+        family = "bypass"
+        def __init__(self):
+            super().__init__(2)
+            self.w = torch.nn.Parameter(torch.zeros(2))
+        def step(self, batch, generator=None):
+            (opt,) = self.optimizers.values()
+            opt.zero_grad()
+            loss = ((self.normalize(batch) - self.w) ** 2).mean()
+            loss.backward()
+            opt.step()
+            return {"loss": float(loss)}
     try:
-        train("triangle", "8gaussians", cfg(2))
+        train(Bypass(), "8gaussians", cfg(2))
     except NotSupportedError as err:
         result["unsupported"] = str(err)
     with open(f"{out}/result{rank}.json", "w") as f:
@@ -192,6 +239,8 @@ def launch(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         json.dumps(EVAL),
         json.dumps(GAN),
         json.dumps(EBM_RUNS),
+        json.dumps(COOP),
+        json.dumps(TRIANGLE),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     t0 = time.perf_counter()
@@ -230,7 +279,7 @@ def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float) -
 def test_ranks_hold_the_same_weights(launch: dict[str, Any]) -> None:
     out = launch["out"]
     ebm = [f"ebm-{name}" for name in (*EBM_RUNS, "recovered", "resumed")]
-    for name in ("full", "cut", "fm", "gan", "wgan-gp", *ebm):
+    for name in ("full", "cut", "fm", "gan", "wgan-gp", *ebm, "coop", "coop-recovered", "triangle"):
         a, b = _load(out / f"{name}0.pt"), _load(out / f"{name}1.pt")
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
@@ -495,7 +544,7 @@ def test_ebm_global_state_equal_across_ranks(launch: dict[str, Any]) -> None:
 
 def test_unsupported_family_and_a_failing_rank(launch: dict[str, Any]) -> None:
     r0, r1 = launch["results"]
-    assert "triangle family cannot train under DistributedDataParallel" in r0["unsupported"]
+    assert "bypass family cannot train under DistributedDataParallel" in r0["unsupported"]
     assert r1["unsupported"] == r0["unsupported"]
     # rank 1 failed alone at the end; torchrun ended rank 0 (waiting in a collective)
     assert launch["rc"] != 0 and "rank 1 fails on purpose" in launch["log"]
@@ -530,3 +579,202 @@ def test_launch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     seed = int(torch.randint(0, 2**62, (), generator=torch.Generator().manual_seed(0)))
     second = model.sample(2, generator=torch.Generator().manual_seed(ddp.rank_seed(seed, 1, 1)))
     assert x.shape == (5, 2) and torch.equal(x[3:], second)
+
+
+def _prepared(family: str, options: dict[str, Any], cfg: TrainConfig) -> Model:
+    """A fresh model of ``family`` set up as the training loop sets it up (standardization,
+    ``prepare``, ``plan``), before its optimisers."""
+    data = load_data("8gaussians")
+    model = build_model(family, data.dim, options, seed=cfg.seed)
+    standardize_from(model, data, cfg.seed)
+    reference = data.sample_reference(PREPARE_SAMPLES, cfg.seed).to(model.shift.dtype)
+    model.prepare(reference, torch.Generator().manual_seed(cfg.seed + 2))
+    model.plan(cfg.steps)
+    return model
+
+
+def _shared_chains(ebm: EBM, us: list[torch.Tensor], gens: list[torch.Generator]) -> list[torch.Tensor]:
+    """Both ranks' draws of persistent chains advanced from the same buffer, then written into it in
+    rank order (the step size the caller's revision uses is left alone): returns their chains."""
+    kept = ebm.mcmc_step_size.clone()
+    shares = [ebm._persistent_run(u, g) for u, g in zip(us, gens, strict=True)]
+    for share in shares:
+        ebm._store_chains(share)
+    ebm.mcmc_step_size.copy_(kept)
+    return [share.neg for share in shares]
+
+
+def _coop_two_ranks_in_one_process(steps: int = 3) -> tuple[Coop, list[float]]:
+    """What ``train("coop", ...)`` on 2 ranks computes, in one process: each rank proposes and
+    revises with its own generator from its slice of the global batch; the revision's step size
+    adapts to the acceptance averaged over both ranks; each rank advances half of the
+    ``buffer_chains`` persistent chains, written into the one buffer in rank order; the EBM and the
+    generator step on the means of the two ranks' losses; σ follows the mean regression loss."""
+    cfg = _cfg(steps)
+    model = _prepared("coop", COOP, cfg)
+    assert isinstance(model, Coop)
+    ebm, c = model.ebm, model.config
+    opts = model.configure_optimizers(cfg.lr)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    h, m = cfg.batch_size // 2, c.buffer_chains // 2
+    losses = []
+    for step in range(cfg.steps):
+        for opt in opts.values():
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+        batch = load_data("8gaussians").batch(step, cfg.batch_size, cfg.seed, data_gen)
+        us = [model.normalize(batch[r * h : (r + 1) * h]) for r in (0, 1)]
+        zs = [model.latent(h, gens[r]) for r in (0, 1)]
+        with torch.no_grad():
+            x_hats = [model.generator_net(z) for z in zs]
+        eps = ebm.mcmc_step_size.to(us[0].dtype)
+        revised = [model.revise(x_hats[r], gens[r]) for r in (0, 1)]
+        mean_acc = (revised[0][1].mean() + revised[1][1].mean()) / 2
+        adapted = eps * torch.exp(STEP_ADAPT_RATE * (mean_acc - c.target_accept))
+        ebm.mcmc_step_size.copy_(adapted.clamp(1e-8, c.step_size))
+        negs = _shared_chains(ebm, [u[:m] for u in us], gens)
+        parts = [model._ebm_objective(us[r], revised[r][0], (us[r][:m], negs[r]))["loss"] for r in (0, 1)]
+        opts["ebm"].zero_grad()
+        e_loss = (parts[0] + parts[1]) / 2
+        e_loss.backward()
+        opts["ebm"].step()
+        z_fit = [model.infer_latent(zs[r], revised[r][0], gens[r]) for r in (0, 1)]
+        opts["generator"].zero_grad()
+        g_loss = sum(model._teaching_loss(revised[r][0], z_fit[r]) for r in (0, 1)) / 2
+        g_loss.backward()
+        for group in opts["generator"].param_groups:
+            group["lr"] *= c.g_lr_ratio
+        opts["generator"].step()
+        var = (1 - SIGMA_EMA) * float(model.g_sigma) ** 2 + SIGMA_EMA * float(g_loss.detach()) / model.dim
+        model.g_sigma.fill_(var**0.5)
+        ebm.updates += 1
+        losses.append(float(e_loss.detach()))
+    return model, losses
+
+
+def _triangle_two_ranks_in_one_process(steps: int = 3) -> tuple[Triangle, list[float]]:
+    """What ``train("triangle", ...)`` on 2 ranks computes, in one process: each rank draws its pairs
+    of P and refines its negatives with its own generator, the refining step size adapted to the
+    acceptance averaged over both ranks; each rank advances half of the persistent chains (one
+    buffer, written in rank order); both players step on the means of the two ranks' losses."""
+    cfg = _cfg(steps)
+    model = _prepared("triangle", TRIANGLE, cfg)
+    assert isinstance(model, Triangle)
+    ebm, c = model.ebm, model.config
+    opts = model.configure_optimizers(cfg.lr)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    h, m = cfg.batch_size // 2, c.buffer_chains // 2
+    restart = round(c.negative_restart * h)
+    losses = []
+    for step in range(cfg.steps):
+        for opt in opts.values():
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(step)
+        model._apply_lr_mults()
+        batch = load_data("8gaussians").batch(step, cfg.batch_size, cfg.seed, data_gen)
+        us = [model.normalize(batch[r * h : (r + 1) * h]) for r in (0, 1)]
+        draws = [model._draw(h, gens[r]) for r in (0, 1)]
+        with torch.no_grad():
+            x_gens = [model._pair(*draw) for draw in draws]
+        eps = ebm.mcmc_step_size.to(us[0].dtype)
+        starts = [torch.cat([x_gens[r][restart:], ebm.sample_q(restart, gens[r])]) for r in (0, 1)]
+        refined = [ebm.run_chains(starts[r], c.negative_steps, gens[r], float(eps)) for r in (0, 1)]
+        ebm.mcmc_step_size.copy_(ebm._adapted(eps, (refined[0][1].mean() + refined[1][1].mean()) / 2))
+        chains = _shared_chains(ebm, [u[:m] for u in us], gens)
+        opts["ebm"].zero_grad()
+        parts = [
+            model._ebm_objective(us[r], refined[r][0], c.energy_reg, (us[r][:m], chains[r])) for r in (0, 1)
+        ]
+        ((parts[0] + parts[1]) / 2).backward()
+        opts["ebm"].step()
+        opts["generator"].zero_grad()
+        opts["inference"].zero_grad()
+        model.ebm.requires_grad_(False)
+        terms = [model._generator_objective(us[r], *draws[r], gens[r]) for r in (0, 1)]
+        model.ebm.requires_grad_(True)
+        loss = sum(t["kl_qp"] + t["kl_p_pi"] for t in terms) / 2
+        loss.backward()
+        opts["generator"].step()
+        opts["inference"].step()
+        losses.append(float(loss.detach()))
+    return model, losses
+
+
+#: the buffers of coop and triangle that global decisions set (step sizes, shared chains, σ, recovery)
+GLOBAL_JOINT_STATE = tuple(f"ebm.{key}" for key in (*GLOBAL_EBM_STATE, "hot_chains"))
+
+
+@pytest.mark.parametrize("family", ["coop", "triangle"])
+def test_joint_family_equals_its_two_ranks_simulated_in_one_process(
+    launch: dict[str, Any], family: str
+) -> None:
+    """coop and triangle under DDP: the MCMC (revision or refined negatives, persistent chains, z
+    inference) on the plain module with each rank's noise, each player's loss through Model.call,
+    the step sizes adapted to the acceptance of both ranks, one persistent buffer that both ranks
+    advance (half the chains each), coop's σ from the mean regression loss. Weights, buffers and
+    step sizes equal one process doing what the two ranks do."""
+    result = launch["results"][0][family]
+    assert result["step"] == 3
+    simulate = _coop_two_ranks_in_one_process if family == "coop" else _triangle_two_ranks_in_one_process
+    model, losses = simulate()
+    state, here = _load(launch["out"] / f"{family}0.pt"), model.state_dict()
+    _close(state, here, tol=1e-6)
+    for key in ("ebm.mcmc_step_size", "ebm.chain_step", "ebm.hot_step", "g_sigma"):  # relative: small values
+        if key in state:
+            torch.testing.assert_close(state[key], here[key], rtol=1e-6, atol=0)
+    (logged,) = result["history"]  # log_every=3: one entry, the means over steps 1..3 and the ranks
+    assert logged["loss"] == pytest.approx(sum(losses) / 3, rel=1e-5, abs=1e-7)
+
+
+def test_joint_families_route_only_their_losses_through_ddp(launch: dict[str, Any]) -> None:
+    """Each step of coop and triangle sends exactly its two differentiated losses through the DDP
+    wrapper (the EBM's, then the generator's, or the generator's and inference model's); the
+    revision, the persistent chains and the z inference run on the plain module. coop's step whose
+    health check failed (on one rank's logs, decided on their mean) stops after the EBM's pass on
+    both ranks."""
+    passes = {
+        "coop": ["_ebm_objective", "_teaching_loss"],
+        "triangle": ["_ebm_objective", "_generator_objective"],
+    }
+    for r in (0, 1):
+        for family, methods in passes.items():
+            assert launch["results"][r][family]["routed"] == methods * 3, (family, r)
+        recovered = launch["results"][r]["coop-recovered"]["routed"]
+        assert recovered == passes["coop"] + ["_ebm_objective"] + passes["coop"], r
+
+
+def test_joint_families_global_state_equal_across_ranks(launch: dict[str, Any]) -> None:
+    """The decisions both ranks must take alike: the adapted step sizes, the shared chains, coop's σ
+    and its recovery from a divergence that only rank 1 saw (both restored the EBM's last good state
+    and halved the learning rate; the second update was undone)."""
+    out = launch["out"]
+    for name in ("coop", "triangle", "coop-recovered"):
+        a, b = _load(out / f"{name}0.pt"), _load(out / f"{name}1.pt")
+        for key in (*GLOBAL_JOINT_STATE, "g_sigma") if name != "triangle" else GLOBAL_JOINT_STATE:
+            assert torch.equal(a[key], b[key]), (name, key)
+    coop, triangle = _load(out / "coop0.pt"), _load(out / "triangle0.pt")
+    assert float(coop["ebm.mcmc_step_size"]) < COOP["step_size"]  # the revision's step adapted
+    assert float(coop["g_sigma"]) != pytest.approx(CoopConfig.sigma, rel=1e-3)  # σ learned
+    assert float(triangle["ebm.mcmc_step_size"]) != pytest.approx(EBMConfig.step_size, rel=1e-3)
+    for state in (coop, triangle):
+        assert state["ebm.chain_step"].unique().numel() > 1  # the persistent chains' own step sizes
+    for r in (0, 1):
+        state = _load(out / f"coop-recovered{r}.pt")
+        assert int(state["ebm.recoveries"]) == 1 and float(state["ebm.lr_factor"]) == 0.5
+        assert int(state["ebm.updates"]) == 1
+        (logged,) = launch["results"][r]["coop-recovered"]["history"]
+        assert logged["recovered"] == pytest.approx(1 / 3)
+
+
+def test_persistent_chains_split_evenly_over_the_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """coop's and triangle's buffer_chains per step is a global count: N ranks advance
+    min(buffer_chains, global batch) / N each, so a count that does not split is refused; in one
+    process (or outside a step under DDP) it is min(buffer_chains, batch) as before."""
+    assert chains_per_rank(8, 16, False, "coop") == 8 and chains_per_rank(256, 16, False, "coop") == 16
+    monkeypatch.setattr(ddp, "world_size", lambda: 2)
+    assert chains_per_rank(8, 16, True, "coop") == 4  # of min(8, 32)
+    assert chains_per_rank(256, 16, True, "coop") == 16  # of min(256, 32): the whole slice
+    with pytest.raises(ValueError, match=r"triangle: buffer_chains=7 .* multiple of 2"):
+        chains_per_rank(7, 16, True, "triangle")

@@ -20,13 +20,17 @@ What a DDP run does, and why it equals a single process:
   does, and so do gan and wgan-gp, whose step makes several passes (``d_steps``
   discriminator updates, then a generator update), each through ``call`` and each reaching
   one player only: such a family sets ``Model.ddp_find_unused`` and DDP is built with
-  ``find_unused_parameters=True`` (the other player's gradients are left alone). WGAN-GP's
-  gradient penalty differentiates D with respect to its input (``autograd.grad``,
-  ``create_graph``) inside the call; only the final backward reaches the weights, so DDP
-  averages the gradient of the whole critic loss. A family whose ``step`` bypasses ``call``
-  (triangle and coop) gets :class:`~genmodels.models.base.NotSupportedError` after its first
-  step, before anything is saved.
-- **MCMC inside a step** (ebm) runs on the plain module, never through the wrapper: it
+  ``find_unused_parameters=True`` (the other player's gradients are left alone). So do coop
+  (an EBM pass, then the generator's) and triangle (the EBM's pass, then the generator and
+  inference model's, with the EBM frozen; its reparameterised draws x̃ = g(z) + σε, which that
+  pass differentiates, are made inside it from noise drawn before). WGAN-GP's gradient penalty
+  differentiates D with respect to its input (``autograd.grad``, ``create_graph``) inside the
+  call; only the final backward reaches the weights, so DDP averages the gradient of the whole
+  critic loss. A family whose ``step`` bypasses ``call`` gets
+  :class:`~genmodels.models.base.NotSupportedError` after its first step, before anything is
+  saved (every family of the library routes its losses).
+- **MCMC inside a step** (ebm; coop's revision and z inference, triangle's refined negatives,
+  and both families' persistent chains) runs on the plain module, never through the wrapper: it
   differentiates f with respect to x only (parameters frozen) and its samples are not
   differentiated with respect to the weights, so DDP has nothing to average there; through
   the wrapper it would only cost a forward's bookkeeping per chain run, and would count as a
@@ -46,16 +50,29 @@ What a DDP run does, and why it equals a single process:
   checkpoint (rank 0's) therefore holds every rank's chains, and a resume, with any world
   size, starts all ranks from that one buffer. In one process these helpers are the
   identity, so a single-process run is bit for bit what it was without DDP.
+- **A family holding an EBM as a submodule** (coop, triangle) reuses these pieces, but only
+  the top model is wrapped, so the EBM's own ``data_parallel`` is False: the parent's step
+  drives the global decisions, passing its ``data_parallel`` to the EBM's helpers (``across``
+  of ``EBM._ml_negatives``, ``_gathered``, ``_global_logs``) and putting the EBM's differentiated
+  objective inside a loss of its own that goes through its ``call``. Its revision or refining
+  step size adapts to the acceptance averaged over the ranks; its persistent chains are the
+  one shared buffer, the ``buffer_chains`` of a step split evenly over the ranks (so each rank's
+  pooled loss weighs draws and chains as one process with the global batch does); coop's
+  health check (restore, halve lr and step size) reads the logs averaged over the ranks, and
+  its generator's σ (a moving average of the regression loss) and the finiteness checks of
+  both families read the losses averaged over the ranks, so all ranks raise together.
 - **Buffers.** DDP broadcasts rank 0's buffers at every forward (``broadcast_buffers``), so
   state a family keeps in buffers (normalization, step counters, fm's reflow pairs) is
   rank 0's on every rank, and rank 0's checkpoint holds what all ranks use. A family that
-  keeps its buffers identical by itself (``Model.ddp_sync_buffers = False``: ebm, whose
-  chains, step sizes and counters are updated by the global decisions above) is synced once,
+  keeps its buffers identical by itself (``Model.ddp_sync_buffers = False``: ebm, coop and
+  triangle, whose chains, step sizes, σ and counters are updated by the global decisions
+  above) is synced once,
   when the wrapper is built, and not at every forward: the broadcast would copy its chain
   buffer every step for nothing, and would hide a desynchronisation that the tests should see.
 - **Noise.** The model generator (the noise of a family's loss: diffusion times and ε, fm's
   source points, vae's reparameterisation, a GAN's latent z and WGAN-GP's interpolation ε,
-  ebm's data noise, chain draws, MCMC proposals and NCE noise) is seeded per rank
+  ebm's data noise, chain draws, MCMC proposals and NCE noise, the latents and draws of coop's
+  and triangle's generators) is seeded per rank
   (:func:`rank_seed`; rank 0 keeps the single-process seed), so the ranks draw independent
   noise. A noisy family therefore equals the single-process run in distribution (same data,
   same estimator of the same gradient), not draw for draw. Every rank's generator state goes
@@ -65,9 +82,9 @@ What a DDP run does, and why it equals a single process:
 - **Resume** restores every rank's generator state when the world size is unchanged (exact);
   with another world size rank 0 continues the saved stream and the other ranks are seeded
   from (seed, rank, step). State kept in buffers comes from rank 0's checkpoint on every
-  rank; for ebm that is the whole shared chain buffer (no rank's chains are lost). Its
-  in-memory recovery snapshot is not checkpointed (after a resume the first step takes a
-  new one), as in one process.
+  rank; for ebm (and coop's and triangle's EBM) that is the whole shared chain buffer (no
+  rank's chains are lost). Its in-memory recovery snapshot is not checkpointed (after a
+  resume the first step takes a new one), as in one process.
 - **Evaluation** in the loop runs on rank 0 alone, on the plain module (no collective call
   inside a sampler, so an adaptive ODE solver taking different step counts cannot hang the
   others), and the metrics are broadcast: they are those of a single-process evaluation of
@@ -85,7 +102,8 @@ statistics averaged with :func:`mean_across`, updates gathered with :func:`gathe
 (3) state in buffers is either rank 0's by design (DDP's broadcast) or kept identical by the
 family (``ddp_sync_buffers = False``); (4) one process computes exactly what it did before.
 tests/test_ddp.py checks each for the families that train under DDP: equal state on both ranks,
-and equality with one process that simulates the two ranks.
+equality with one process that simulates the two ranks, and which methods went through the
+wrapper.
 """
 
 from __future__ import annotations
@@ -293,6 +311,12 @@ def _group_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def world_size() -> int:
+    """The number of ranks in the default group, 1 when there is none (e.g. for a family that splits
+    a global count, such as coop's persistent chains per step, over the ranks)."""
+    return _group_size()
 
 
 def process_rank() -> int:

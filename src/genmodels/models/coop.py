@@ -95,6 +95,20 @@ Density and samples:
   mean alone draws a thinner distribution than the EBM's (8gaussians, 1200 steps: grid KL
   1.21 for g(z) against 0.69 for g(z) + σε).
 
+Data-parallel training (``torchrun``; :mod:`genmodels.distributed`): each rank takes its slice
+of the global batch and draws its own noise (latents, revision, persistent chains, z
+inference); the MCMC runs on the plain module, and the two differentiated losses, the EBM's
+(:meth:`Coop._ebm_objective`, with the persistent chains' term inside) and the generator's
+(:meth:`Coop._teaching_loss`), go through :meth:`Model.call`, so DDP averages each player's
+gradient (``ddp_find_unused``: each pass reaches one player). What must be decided alike on
+every rank is global: the revision's Δt adapts to the acceptance averaged over the ranks; the
+persistent chains are the ``ebm`` family's one shared buffer, the ranks splitting a step's
+min(``buffer_chains``, global batch) chains evenly and writing all draws in rank order; the
+health check reads the logs averaged over the ranks (a divergence on one rank restores the
+EBM on all); σ's moving average and the generator's finiteness check read the regression loss
+averaged over the ranks. Every buffer is thus identical on all ranks without DDP's broadcast
+(``ddp_sync_buffers`` False). One process is unaffected: bit for bit what it was without DDP.
+
 The generator starts as the EBM's reference q (an affine skip A z + b set to q in
 :meth:`prepare`, plus an MLP with a zero output layer; :class:`Generator`): both models start
 at the same distribution. A generator started collapsed (a plain random MLP) stayed a blob
@@ -126,8 +140,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from genmodels import distributed as ddp
 from genmodels.models.base import Model, ModelConfig, NotSupportedError, SampleConfig
-from genmodels.models.ebm import EBM, SNAPSHOT_EVERY, STEP_ADAPT_RATE, EBMConfig, _Frozen
+from genmodels.models.ebm import EBM, SNAPSHOT_EVERY, STEP_ADAPT_RATE, EBMConfig, _Frozen, chains_per_rank
 from genmodels.nets.conv import ConvDecoder, conv_base, image_side
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation
 from genmodels.samplers.langevin import Langevin
@@ -233,6 +248,12 @@ class Coop(Model):
     #: held-out digits (bench_digits, 351 steps, seed 0; the EBM's AIS bits/dim): mlp 5.24, FD 395,
     #: 9 classes, two restarts (at 90 s, 1858 steps: diverged); conv 4.16, FD 38.5, 10 classes
     image_options: ClassVar[dict[str, Any]] = {"net": "conv"}
+    #: under DDP the EBM's pass and the generator's pass each reach one player only
+    ddp_find_unused: ClassVar[bool] = True
+    #: the step keeps every buffer identical on all ranks itself (σ and the step size from values
+    #: averaged over the ranks, gathered chain updates, global recoveries), so DDP need not
+    #: broadcast rank 0's buffers (the EBM's chains) at every forward
+    ddp_sync_buffers: ClassVar[bool] = False
     config: CoopConfig
 
     def __init__(self, dim: int, config: CoopConfig | None = None) -> None:
@@ -324,12 +345,22 @@ class Coop(Model):
     def step(self, batch: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, float]:
         """One CoopNets step on a data-space batch: propose, revise, update the EBM, teach the
         generator (module docstring). The EBM's health logic (:class:`EBM`) restores its last
-        good state and halves both learning rates and the step size on divergence."""
+        good state and halves both learning rates and the step size on divergence.
+
+        Under DDP (:mod:`genmodels.distributed`) the MCMC (revision, persistent chains, z
+        inference) runs on the plain module with this rank's noise; the two differentiated losses
+        go through :meth:`Model.call` (:meth:`_ebm_objective`, :meth:`_teaching_loss`), so DDP
+        averages each player's gradient; and every decision is global: the revision's step size
+        adapts to the acceptance averaged over the ranks, the persistent chains' updates are
+        gathered into the one shared buffer, the health check reads the logs averaged over the
+        ranks, and σ's moving average and the generator's finiteness check read the regression
+        loss averaged over the ranks (the global batch's)."""
         if not bool(self.ebm.prepared):
             raise RuntimeError("call prepare(data_sample, generator) first (the training loop does)")
         g = _generator(generator, self.device)
         c = self.config
         ebm, opt_e, opt_g = self.ebm, self.optimizers["ebm"], self.optimizers["generator"]
+        across = self.data_parallel
         if ebm._snapshot is None:
             ebm._take_snapshot(opt_e)
         u = self.normalize(batch)
@@ -342,31 +373,34 @@ class Coop(Model):
         eps = ebm.mcmc_step_size.to(u.dtype)
         x_tilde, acc, grad = self.revise(x_hat, g)
         if c.kernel == "mala" and c.target_accept > 0:  # log Δt += κ (acceptance − target)
-            adapted = eps * torch.exp(STEP_ADAPT_RATE * (acc.mean() - c.target_accept))
+            mean_acc = ddp.mean_across(acc.mean()) if across else acc.mean()
+            adapted = eps * torch.exp(STEP_ADAPT_RATE * (mean_acc - c.target_accept))
             ebm.mcmc_step_size.copy_(adapted.clamp(1e-8, c.step_size))
 
         # 3. the EBM: minimise mean f(x̃) − mean f(x), gradient −(E_data ∇f − E_x̃ ∇f), the
         # model's expectation pooled over the revised samples and the persistent chains
-        f_data, f_tilde = self.f(u), self.f(x_tilde)
-        e_loss = f_tilde.mean() - f_data.mean()
+        persistent = None
         if c.buffer_chains:
-            m = min(c.buffer_chains, b)
-            revision_eps = ebm.mcmc_step_size.clone()  # _ml_loss sets it to its chains' median
-            persistent = ebm._ml_loss(u[:m], g)
+            m = chains_per_rank(c.buffer_chains, b, across, self.family)
+            revision_eps = ebm.mcmc_step_size.clone()  # _ml_negatives sets it to its chains' median
+            u_m, neg, _ = ebm._ml_negatives(u[:m], g, across)
             ebm.mcmc_step_size.copy_(revision_eps)
-            e_loss = (b * e_loss + m * persistent["loss"]) / (b + m)
+            persistent = (u_m, neg)
+        out = self.call("_ebm_objective", u, x_tilde, persistent)
+        e_loss = out["loss"]
         with torch.no_grad():
             f_hat = self.f(x_hat).mean()
         logs = {
             "loss": float(e_loss.detach()),
-            "energy_gap": float(f_data.mean().detach() - f_tilde.mean().detach()),
-            "revision_gain": float(f_tilde.mean().detach() - f_hat),
+            "energy_gap": float(out["f_data"] - out["f_tilde"]),
+            "revision_gain": float(out["f_tilde"] - f_hat),
             "revision_dist": float((x_tilde - x_hat).norm(dim=-1).mean()),
             "accept": float(acc.mean()),
             "chain_grad": float(grad.mean()),
             "mcmc_step": float(eps),
         }
-        if not ebm._healthy(logs):
+        logs = ebm._global_logs(logs, across)
+        if not ebm._healthy(logs):  # every rank skips the backward together
             return ebm._recover(opt_e, logs)
         opt_e.zero_grad(set_to_none=True)
         e_loss.backward()
@@ -375,26 +409,48 @@ class Coop(Model):
         # 4. MCMC teaching: regress g(z) onto x̃ with the same z (or the revised z̃)
         z_fit = self.infer_latent(z, x_tilde, g) if c.infer_z else z
         opt_g.zero_grad(set_to_none=True)
-        g_loss = ((x_tilde - self.generator_net(z_fit)) ** 2).sum(-1).mean()
-        if not math.isfinite(float(g_loss.detach())):
+        g_loss = self.call("_teaching_loss", x_tilde, z_fit)
+        g_value = float(ddp.mean_across(g_loss.detach()) if across else g_loss.detach())
+        if not math.isfinite(g_value):  # a global decision: the mean is not finite on every rank
             from genmodels.train import TrainingDiverged
 
-            raise TrainingDiverged(f"coop generator loss is {float(g_loss)}; try a lower --lr")
+            raise TrainingDiverged(f"coop generator loss is {g_value}; try a lower --lr")
         g_loss.backward()
         _step_scaled(opt_g, c.g_lr_ratio * float(ebm.lr_factor))
-        logs["g_loss"] = float(g_loss.detach())
+        logs["g_loss"] = g_value
         if c.learn_sigma:  # σ² = mean ‖x̃ − g(z)‖² / d, the complete-data MLE, averaged over steps
             var = (1 - SIGMA_EMA) * float(self.g_sigma) ** 2 + SIGMA_EMA * logs["g_loss"] / self.dim
             self.g_sigma.fill_(math.sqrt(var))
         logs["sigma"] = float(self.g_sigma)
 
         if not all(bool(torch.isfinite(p).all()) for p in ebm.parameters()):
-            return ebm._recover(opt_e, logs)
+            return ebm._recover(opt_e, logs)  # the weights are equal on every rank: a global decision
         ebm.updates += 1
         if int(ebm.updates) % SNAPSHOT_EVERY == 0:
             ebm._take_snapshot(opt_e)
         ebm._last_logs = logs
         return logs
+
+    def _ebm_objective(
+        self, u: torch.Tensor, x_tilde: torch.Tensor, persistent: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> dict[str, torch.Tensor]:
+        """The EBM's differentiated loss (step 3) on data ``u`` and revised samples ``x_tilde``:
+        mean f(x̃) − mean f(u), pooled with the persistent chains' :meth:`EBM._ml_objective` on
+        ``persistent`` = (data rows, chains) when ``buffer_chains`` (weights b and m, the counts).
+        Run through :meth:`Model.call`, so DDP averages its gradient; also returns the detached
+        means ``f_data`` and ``f_tilde`` for the logs."""
+        f_data, f_tilde = self.f(u), self.f(x_tilde)
+        loss = f_tilde.mean() - f_data.mean()
+        if persistent is not None:
+            u_m, neg = persistent
+            b, m = u.shape[0], u_m.shape[0]
+            loss = (b * loss + m * self.ebm._ml_objective(u_m, neg)["loss"]) / (b + m)
+        return {"loss": loss, "f_data": f_data.mean().detach(), "f_tilde": f_tilde.mean().detach()}
+
+    def _teaching_loss(self, x_tilde: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """The generator's differentiated loss (step 4): mean ‖x̃ − g(z)‖², run through
+        :meth:`Model.call`, so DDP averages its gradient."""
+        return ((x_tilde - self.generator_net(z)) ** 2).sum(-1).mean()
 
     # -- the generative side --------------------------------------------------------------
     def _sample(

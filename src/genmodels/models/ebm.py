@@ -620,11 +620,15 @@ class EBM(Model):
         self._last_logs = logs
         return logs
 
-    def _global_logs(self, logs: dict[str, float]) -> dict[str, float]:
+    def _global_logs(self, logs: dict[str, float], across: bool | None = None) -> dict[str, float]:
         """Under DDP, the logged scalars averaged over the ranks (the means over the global batch:
         the shards are equal), so that the health check decides alike on every rank; a NaN on
-        one rank makes the mean NaN everywhere. In one process, ``logs`` itself."""
-        if not self.data_parallel:
+        one rank makes the mean NaN everywhere. In one process, ``logs`` itself.
+
+        ``across``: whether the step runs on all ranks together; by default whether this model is
+        the one DDP wraps. A family holding an EBM as a submodule (coop, triangle: only the top
+        model is wrapped) passes its own :attr:`~Model.data_parallel`."""
+        if not (self.data_parallel if across is None else across):
             return logs
         values = ddp.mean_across(torch.tensor(list(logs.values()), dtype=torch.float64))
         return dict(zip(logs, values.tolist(), strict=True))
@@ -635,6 +639,19 @@ class EBM(Model):
         The chains run on the plain module (no parameter gradients, hence not through DDP); only
         :meth:`_ml_objective` on their result goes through :meth:`Model.call`. Short-run and CD
         chains share one step size, adapted by the acceptance averaged over the ranks."""
+        u, neg, stats = self._ml_negatives(u, generator)
+        return {**self.call("_ml_objective", u, neg), **stats}
+
+    def _ml_negatives(
+        self, u: torch.Tensor, generator: torch.Generator | None, across: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """The non-differentiated half of :meth:`_ml_loss`: (the data ``u`` after the data noise,
+        the finished chains x̃, their statistics for the logs). Runs the chains on the plain
+        module and updates the shared state (step size, persistent buffer) globally when
+        ``across`` (default: whether this model is the one DDP wraps). coop and triangle, whose
+        submodule this EBM is, call it with their own :attr:`~Model.data_parallel` and put
+        :meth:`_ml_objective` inside a loss of theirs that goes through their :meth:`Model.call`."""
+        across = self.data_parallel if across is None else across
         c = self.config
         u = self._noised(u, generator)
         n = u.shape[0]
@@ -643,16 +660,16 @@ class EBM(Model):
             # one step size for all chains, adapted by their mean acceptance (over all ranks)
             eps = self.mcmc_step_size.to(u.dtype)
             neg, acc, grad = self.run_chains(start, c.mcmc_steps, generator, float(eps))
-            mean_acc = ddp.mean_across(acc.mean()) if self.data_parallel else acc.mean()
+            mean_acc = ddp.mean_across(acc.mean()) if across else acc.mean()
             self.mcmc_step_size.copy_(self._adapted(eps, mean_acc))
         else:
             share = self._persistent_run(u, generator)
-            for each in self._gathered(share):
+            for each in self._gathered(share, across):
                 self._store_chains(each)
             self.mcmc_step_size.fill_(float(self.chain_step.median()))
             neg, acc, grad, eps = share.neg, share.accept, share.grad, share.eps
         stats = {"accept": acc.mean(), "chain_grad": grad.mean(), "mcmc_step": eps.median()}
-        return {**self.call("_ml_objective", u, neg), **stats}
+        return u, neg, stats
 
     def _ml_objective(self, u: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         """The differentiated part of mle and cd on data ``u`` and finished chains ``neg``: run
@@ -693,10 +710,11 @@ class EBM(Model):
             adapted = self._adapted(eps, acc)[None]
         return ChainShare(idx=idx, neg=neg, hot=hot, steps=adapted, accept=acc, grad=grad, eps=eps)
 
-    def _gathered(self, share: ChainShare) -> list[ChainShare]:
+    def _gathered(self, share: ChainShare, across: bool | None = None) -> list[ChainShare]:
         """Every rank's chains of this step in rank order (under DDP; else ``[share]``), so that
-        every rank writes the same updates into the one shared buffer."""
-        if not self.data_parallel:
+        every rank writes the same updates into the one shared buffer. ``across`` as in
+        :meth:`_global_logs`."""
+        if not (self.data_parallel if across is None else across):
             return [share]
         idx, neg, steps = (ddp.gather_across(t) for t in (share.idx, share.neg, share.steps))
         hot = ddp.gather_across(share.hot) if share.hot.numel() else [share.hot] * len(idx)
@@ -959,6 +977,24 @@ SNAPSHOT_EVERY = 100
 DATA_NOISE_END = 0.01
 #: κ of the Robbins–Monro step-size update log Δt += κ·(acceptance − target)
 STEP_ADAPT_RATE = 0.1
+
+
+def chains_per_rank(buffer_chains: int, batch: int, across: bool, family: str) -> int:
+    """How many persistent chains this rank advances in a step of coop or triangle, whose EBM's
+    negatives pool ``batch`` generator draws (this rank's slice of the global batch) with
+    min(``buffer_chains``, global batch) persistent chains. Under DDP (``across``) the N ranks
+    split that count evenly, so that each rank's pooled loss weighs its draws and its chains as
+    one process with the global batch does (the ranks' average is then that process's estimator,
+    with other draws); in one process, min(buffer_chains, batch). A ValueError when the count does
+    not split evenly."""
+    ranks = ddp.world_size() if across else 1
+    total = min(buffer_chains, batch * ranks)
+    if total % ranks:
+        raise ValueError(
+            f"{family}: buffer_chains={buffer_chains} persistent chains per step cannot be split evenly over "
+            f"the {ranks} processes; make it a multiple of {ranks} (or at least the global batch size)"
+        )
+    return total // ranks
 
 
 def _kernel(name: str, step_size: float, leapfrog: int, inverse_mass: torch.Tensor | None = None):

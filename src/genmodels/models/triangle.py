@@ -90,6 +90,20 @@ the generator's importance-weighted lower bound from the inference model (Burda 
 kind "lower_bound". ``sample`` draws from the generator, optionally refined by Langevin/MALA
 steps on the EBM (``refine_steps``).
 
+**Data-parallel training** (``torchrun``; :mod:`genmodels.distributed`): each rank takes its
+slice of the global batch and draws its own noise (pairs of P, the encoder's draws, the MCMC);
+the two passes of a step go through :meth:`Model.call`, the EBM's
+(:meth:`Triangle._ebm_objective`) and the generator and inference model's
+(:meth:`Triangle._generator_objective`, which makes the draws x̃ = g_θ(z) + σ ε from their noise
+inside the pass), so DDP averages each side's gradient (``ddp_find_unused``: each pass reaches
+one side). The MCMC (``negative_steps``, ``buffer_chains``) runs on the plain module; its step
+size adapts to the acceptance averaged over the ranks, the persistent chains are the ``ebm``
+family's one shared buffer (a step's min(``buffer_chains``, global batch) chains split evenly
+over the ranks, all draws written in rank order), and a non-finite loss is judged on its mean
+over the ranks, so all ranks stop together. The buffers stay identical on every rank without
+DDP's broadcast (``ddp_sync_buffers`` False). One process is unaffected: bit for bit what it
+was without DDP.
+
 Provenance: the objective and the three models are as in ``shared/tutorial.md`` §8 item 1 (the
 paper's §3 body was not reachable through the search tools, only its abstract); the
 decompositions above are derived here and checked against closed forms on a linear-Gaussian
@@ -108,8 +122,9 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from genmodels import distributed as ddp
 from genmodels.models.base import Model, ModelConfig, SampleConfig
-from genmodels.models.ebm import EBM, EBMConfig
+from genmodels.models.ebm import EBM, EBMConfig, chains_per_rank
 from genmodels.models.vae import (
     _LOG_2PI,
     LOG_STD_BOUND,
@@ -242,6 +257,12 @@ class Triangle(Model):
     #: the KLs on 8gaussians stop improving by ~1000–1500 steps at these settings (module docstring)
     train_defaults: ClassVar[dict[str, Any]] = {"steps": 3000, "lr": 1e-3, "batch_size": 256}
     tour_steps: ClassVar[int] = 800
+    #: under DDP the EBM's pass and the generator and inference model's pass each reach one side
+    ddp_find_unused: ClassVar[bool] = True
+    #: the step keeps every buffer identical on all ranks itself (the step size from the acceptance
+    #: averaged over the ranks, gathered chain updates), so DDP need not broadcast rank 0's buffers
+    #: (the EBM's chains) at every forward
+    ddp_sync_buffers: ClassVar[bool] = False
     config: TriangleConfig
 
     def __init__(self, dim: int, config: TriangleConfig | None = None) -> None:
@@ -289,10 +310,18 @@ class Triangle(Model):
     # -- the three models --------------------------------------------------------------
     def generate(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(z, x̃) ~ P by reparameterisation: z ~ N(0, I), x̃ = g_θ(z) + σ ε; each (n, ·), u-space."""
+        z, eps = self._draw(n, generator)
+        return z, self._pair(z, eps)
+
+    def _draw(self, n: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The noise of n pairs of P: z ~ N(0, I_k) and ε ~ N(0, I_d), drawn in that order."""
         like = self.shift
-        z = _randn((n, self.latent_dim), generator, like)
+        return _randn((n, self.latent_dim), generator, like), _randn((n, self.dim), generator, like)
+
+    def _pair(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x̃ = g_θ(z) + σ ε, differentiable in θ (the reparameterised draw of P from its noise)."""
         mu, log_sigma = self.vae.decode(z)
-        return z, mu + torch.exp(log_sigma) * _randn(tuple(mu.shape), generator, like)
+        return mu + torch.exp(log_sigma) * eps
 
     def log_pi_tilde(self, u: torch.Tensor) -> torch.Tensor:
         """log π̃_α(u) = f_α(u) + log q(u), the EBM's unnormalized log-density, (n,)."""
@@ -344,27 +373,65 @@ class Triangle(Model):
         of −Δ, contrastive divergence with the generator's draws x̃ as negative samples.
 
         With ``buffer_chains`` = m > 0 the expectation under π is pooled over the b draws x̃ and m
-        states of the EBM's persistent chains, advanced here by one call of :meth:`EBM._ml_loss`
-        on the first m data points (as the ``coop`` family does): the contrastive term becomes
+        states of the EBM's persistent chains, advanced here by :meth:`EBM._ml_negatives` on the
+        first m data points (as the ``coop`` family does): the contrastive term becomes
         (b·[mean f(x̃) − mean f(u)] + m·[mean f(chains) − mean f(u[:m])]) / (b + m). The penalties
-        stay on the data and x̃."""
+        stay on the data and x̃. (:meth:`step` runs the same two halves, the chains on the plain
+        module and :meth:`_ebm_objective` through :meth:`Model.call`.)"""
+        lam = self.config.energy_reg if energy_reg is None else energy_reg
+        return self._ebm_objective(u, x_gen, lam, self._persistent_negatives(u, generator))
+
+    def _persistent_negatives(
+        self, u: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """With ``buffer_chains``: (the data rows, the persistent chains) that the EBM's loss pools
+        with the generator's draws, the chains advanced on the plain module (this rank's share
+        under DDP, the updates of all ranks gathered into the one buffer); None without."""
+        if not self.config.buffer_chains:
+            return None
+        across = self.data_parallel
+        m = chains_per_rank(self.config.buffer_chains, u.shape[0], across, self.family)
+        if generator is None:  # the kernels draw only from an explicit generator
+            seed = int(torch.randint(2**62, ()))
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        eps = self.ebm.mcmc_step_size.clone()  # _ml_negatives sets it to its chains' median
+        u_m, neg, _ = self.ebm._ml_negatives(u[:m].detach(), generator, across)
+        self.ebm.mcmc_step_size.copy_(eps)
+        return u_m, neg
+
+    def _ebm_objective(
+        self,
+        u: torch.Tensor,
+        x_gen: torch.Tensor,
+        energy_reg: float,
+        persistent: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> torch.Tensor:
+        """The differentiated half of :meth:`ebm_loss` on finished negatives (the draws ``x_gen``
+        and the chains in ``persistent``): :meth:`step` runs it through :meth:`Model.call`, so
+        DDP averages α's gradient."""
         f_data, f_gen = self.ebm.f(u), self.ebm.f(x_gen.detach())
         loss = f_gen.mean() - f_data.mean()
-        if self.config.buffer_chains:
-            b, m = x_gen.shape[0], min(self.config.buffer_chains, u.shape[0])
-            if generator is None:  # the kernels draw only from an explicit generator
-                seed = int(torch.randint(2**62, ()))
-                generator = torch.Generator(device=self.device).manual_seed(seed)
-            eps = self.ebm.mcmc_step_size.clone()  # _ml_loss sets it to its chains' median
-            persistent = self.ebm._ml_loss(u[:m].detach(), generator)
-            self.ebm.mcmc_step_size.copy_(eps)
-            loss = (b * loss + m * persistent["loss"]) / (b + m)
-        lam = self.config.energy_reg if energy_reg is None else energy_reg
-        if lam > 0:
-            loss = loss + lam * ((f_data**2).mean() + (f_gen**2).mean())
+        if persistent is not None:
+            u_m, neg = persistent
+            b, m = x_gen.shape[0], u_m.shape[0]
+            loss = (b * loss + m * self.ebm._ml_objective(u_m, neg)["loss"]) / (b + m)
+        if energy_reg > 0:
+            loss = loss + energy_reg * ((f_data**2).mean() + (f_gen**2).mean())
         if self.config.gap_reg > 0:
             loss = loss + self.config.gap_reg * (f_data.mean() - f_gen.mean()) ** 2
         return loss
+
+    def _generator_objective(
+        self, u: torch.Tensor, z: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        """The (θ, φ) step's differentiated terms: the means of −ELBO(u) (``kl_qp``) and of the
+        mode-chasing terms on the pairs (z, g_θ(z) + σ ε) (``kl_p_pi``), the draw x̃ made here
+        from its noise so that its path through the generator is inside the pass. :meth:`step`
+        runs it through :meth:`Model.call` (DDP averages θ's and φ's gradients) with α frozen."""
+        x = self._pair(z, eps)
+        kl_qp = self.vae_terms(u, generator).mean()
+        kl_p_pi = self.mode_chasing_terms(z, x).mean()
+        return {"kl_qp": kl_qp, "kl_p_pi": kl_p_pi}
 
     def objective(self, u: torch.Tensor, generator: torch.Generator | None, n: int | None = None) -> dict:
         """The three sides on the data batch ``u`` and ``n`` (default len(u)) fresh (z, x̃) ~ P,
@@ -425,19 +492,29 @@ class Triangle(Model):
         Logs ``delta`` (Δ estimated on the batch), ``kl_qp`` (−ELBO), ``kl_p_pi`` (KL(P‖Π) − log Z),
         ``kl_q_pi`` (−E_data log π̃), ``ebm_loss``, ``energy_gap`` (mean f(data) − mean f(x̃)) and
         ``decoder_std`` (the mean σ); ``loss`` is the (θ, φ) loss kl_qp + kl_p_pi.
+
+        Under DDP (:mod:`genmodels.distributed`) the two passes go through :meth:`Model.call`
+        (:meth:`_ebm_objective`, :meth:`_generator_objective`: each player's gradient averaged over
+        the ranks), the MCMC (``negative_steps``, ``buffer_chains``) runs on the plain module with
+        this rank's noise, its step size adapts to the acceptance averaged over the ranks, the
+        persistent chains' updates are gathered into the one shared buffer, and a non-finite loss
+        is judged on the mean over the ranks, so every rank stops together.
         """
         self._apply_lr_mults()
         opts = self.optimizers
         u = self.normalize(batch)
-        z, x_gen = self.generate(u.shape[0], generator)
+        z, eps = self._draw(u.shape[0], generator)
+        with torch.no_grad():  # the draws as the EBM's negatives; (2) redraws them with their graph
+            x_gen = self._pair(z, eps)
         # (1) α: maximise Δ, i.e. minimise E_P f − E_data f
         negatives = self.refine_negatives(x_gen, generator)
         opts["ebm"].zero_grad(set_to_none=True)
         lam = self.config.energy_reg
         if self.config.energy_reg_decay == "lr":
             lam = lam * self._lr_set["ebm"] / (self._base_lr * self.config.ebm_lr_mult)
-        ebm_loss = self.ebm_loss(u, negatives, lam, generator)
-        _check(ebm_loss, "ebm")
+        persistent = self._persistent_negatives(u, generator)
+        ebm_loss = self.call("_ebm_objective", u, negatives, lam, persistent)
+        self._check(ebm_loss, "ebm")
         ebm_loss.backward()
         opts["ebm"].step()
         # (2) θ, φ: minimise KL(Q‖P) + KL(P‖Π) with the energy held fixed
@@ -447,8 +524,8 @@ class Triangle(Model):
         for p in frozen:
             p.requires_grad_(False)
         try:
-            kl_qp = self.vae_terms(u, generator).mean()
-            kl_p_pi = self.mode_chasing_terms(z, x_gen).mean()
+            terms = self.call("_generator_objective", u, z, eps, generator)
+            kl_qp, kl_p_pi = terms["kl_qp"], terms["kl_p_pi"]
             with torch.no_grad():
                 kl_q_pi = self.data_energy_terms(u).mean()
                 f_data, f_gen = self.ebm.f(u).mean(), self.ebm.f(x_gen).mean()
@@ -456,7 +533,7 @@ class Triangle(Model):
             for p in frozen:
                 p.requires_grad_(True)
         loss = kl_qp + kl_p_pi
-        _check(loss, "generator and inference")
+        self._check(loss, "generator and inference")
         loss.backward()
         opts["generator"].step()
         opts["inference"].step()
@@ -471,9 +548,20 @@ class Triangle(Model):
             "decoder_std": float(torch.exp(_soft_clamp(self.vae.decoder_log_std.detach())).mean()),
         }
 
+    def _check(self, loss: torch.Tensor, who: str) -> None:
+        """TrainingDiverged unless ``loss`` is finite; under DDP judged on its mean over the ranks
+        (not finite if any rank's is), so that all ranks stop together."""
+        value = ddp.mean_across(loss.detach()) if self.data_parallel else loss
+        if not bool(torch.isfinite(value)):
+            from genmodels.train import TrainingDiverged
+
+            where = " (averaged over the ranks)" if self.data_parallel else ""
+            raise TrainingDiverged(f"triangle: the {who} loss became {float(value)}{where}; try a lower --lr")
+
     def refine_negatives(self, x_gen: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """The EBM's negative samples: the generator's draws after ``negative_steps`` steps of the
-        EBM's kernel on π̃_α (:meth:`EBM.run_chains`), its step size adapted as in the EBM's CD."""
+        EBM's kernel on π̃_α (:meth:`EBM.run_chains`, on the plain module), its step size adapted as
+        in the EBM's CD (to the acceptance averaged over the ranks under DDP)."""
         k = self.config.negative_steps
         if k == 0:
             return x_gen.detach()
@@ -483,7 +571,8 @@ class Triangle(Model):
             start = torch.cat([start[m:], self.ebm.sample_q(m, generator)])
         eps = self.ebm.mcmc_step_size.to(x_gen.dtype)
         neg, acc, _ = self.ebm.run_chains(start, k, generator, float(eps))
-        self.ebm.mcmc_step_size.copy_(self.ebm._adapted(eps, acc.mean()))
+        mean_acc = ddp.mean_across(acc.mean()) if self.data_parallel else acc.mean()  # a global step size
+        self.ebm.mcmc_step_size.copy_(self.ebm._adapted(eps, mean_acc))
         return neg
 
     # -- sampling and densities ---------------------------------------------------------
@@ -537,13 +626,6 @@ class Triangle(Model):
         if model == "generator":
             return self.vae._log_prob(u, method=method, k=k, seed=seed)
         raise ValueError(f"unknown model {model!r}; choose one of: ebm, generator")
-
-
-def _check(loss: torch.Tensor, who: str) -> None:
-    if not bool(torch.isfinite(loss)):
-        from genmodels.train import TrainingDiverged
-
-        raise TrainingDiverged(f"triangle: the {who} loss became {float(loss)}; try a lower --lr")
 
 
 def _validate(c: TriangleConfig) -> None:
