@@ -604,20 +604,26 @@ def _shared_chains(ebm: EBM, us: list[torch.Tensor], gens: list[torch.Generator]
     return [share.neg for share in shares]
 
 
+def _two_rank_setup(family: str, options: dict[str, Any], steps: int) -> tuple[Any, ...]:
+    """The state a simulation of two ranks starts from: (config, model, its optimisers, the data
+    generator, each rank's model generator, the per-rank batch h and persistent chains m)."""
+    cfg = _cfg(steps)
+    model = _prepared(family, options, cfg)
+    opts = model.configure_optimizers(cfg.lr)
+    data_gen = torch.Generator().manual_seed(cfg.seed)
+    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
+    return cfg, model, opts, data_gen, gens, cfg.batch_size // 2, model.config.buffer_chains // 2
+
+
 def _coop_two_ranks_in_one_process(steps: int = 3) -> tuple[Coop, list[float]]:
     """What ``train("coop", ...)`` on 2 ranks computes, in one process: each rank proposes and
     revises with its own generator from its slice of the global batch; the revision's step size
     adapts to the acceptance averaged over both ranks; each rank advances half of the
     ``buffer_chains`` persistent chains, written into the one buffer in rank order; the EBM and the
     generator step on the means of the two ranks' losses; σ follows the mean regression loss."""
-    cfg = _cfg(steps)
-    model = _prepared("coop", COOP, cfg)
+    cfg, model, opts, data_gen, gens, h, m = _two_rank_setup("coop", COOP, steps)
     assert isinstance(model, Coop)
     ebm, c = model.ebm, model.config
-    opts = model.configure_optimizers(cfg.lr)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
-    h, m = cfg.batch_size // 2, c.buffer_chains // 2
     losses = []
     for step in range(cfg.steps):
         for opt in opts.values():
@@ -658,14 +664,9 @@ def _triangle_two_ranks_in_one_process(steps: int = 3) -> tuple[Triangle, list[f
     of P and refines its negatives with its own generator, the refining step size adapted to the
     acceptance averaged over both ranks; each rank advances half of the persistent chains (one
     buffer, written in rank order); both players step on the means of the two ranks' losses."""
-    cfg = _cfg(steps)
-    model = _prepared("triangle", TRIANGLE, cfg)
+    cfg, model, opts, data_gen, gens, h, m = _two_rank_setup("triangle", TRIANGLE, steps)
     assert isinstance(model, Triangle)
     ebm, c = model.ebm, model.config
-    opts = model.configure_optimizers(cfg.lr)
-    data_gen = torch.Generator().manual_seed(cfg.seed)
-    gens = [torch.Generator().manual_seed(ddp.rank_seed(cfg.seed + 1, r)) for r in (0, 1)]
-    h, m = cfg.batch_size // 2, c.buffer_chains // 2
     restart = round(c.negative_restart * h)
     losses = []
     for step in range(cfg.steps):
