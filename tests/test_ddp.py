@@ -779,3 +779,21 @@ def test_persistent_chains_split_evenly_over_the_ranks(monkeypatch: pytest.Monke
     assert chains_per_rank(256, 16, True, "coop") == 16  # of min(256, 32): the whole slice
     with pytest.raises(ValueError, match=r"triangle: buffer_chains=7 .* multiple of 2"):
         chains_per_rank(7, 16, True, "triangle")
+
+
+def test_the_cli_under_torchrun(tmp_path: Path) -> None:
+    """The README's command: ``torchrun --nproc_per_node 2 -m genmodels train ...`` on CPU trains,
+    evaluates and reports once (rank 0), and leaves one checkpoint that loads in one process."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr"]
+    cmd += ["127.0.0.1", "--master_port", str(_free_port()), "-m", "genmodels", "train", "fm"]
+    cmd += ["--data", "8gaussians", "--steps", "20", "--batch-size", "64", "--device", "cpu"]
+    cmd += ["--no-progress", "--out", str(out), "--hidden", "16", "--depth", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=170)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count("trained fm for 20 steps") == 1, r.stdout
+    assert r.stdout.count("eval  step=20") == 1, r.stdout
+    model, record = load_run(out)
+    assert record["distributed"]["world_size"] == 2 and record["step"] == 20
+    assert torch.isfinite(model.sample(8, generator=torch.Generator().manual_seed(0))).all()

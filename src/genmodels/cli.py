@@ -280,6 +280,10 @@ def cmd_train(args: argparse.Namespace, argv_family: str) -> None:
         options=options,
         evaluate=evaluator,
     )
+    from genmodels.distributed import process_rank
+
+    if process_rank() != 0:  # under torchrun: rank 0 reports for all
+        return
     print(
         f"trained {result.model.family} for {result.step} steps in {result.seconds:.1f} s; run saved in {out}"
     )
