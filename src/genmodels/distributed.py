@@ -109,6 +109,7 @@ wrapper.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -187,6 +188,11 @@ def setup(device: str, timeout_s: float = 1800.0) -> Context:
 
 def _destroy() -> None:
     if dist.is_initialized():
+        # first free what may still use the group (a DistributedDataParallel wrapper kept alive by
+        # reference cycles would otherwise be freed after it). A precaution against a rare abort at
+        # exit ("terminate called without an active exception"): 1 of 15 CLI runs under torchrun
+        # before, 1 of 60 after; its cause is not established
+        gc.collect()
         dist.destroy_process_group()
 
 
