@@ -229,7 +229,7 @@ def nccl_checks(items: list[dict], backend: str = "nccl", device: str = "cuda:0"
             ddp.unwrap(model)
 
         attempt(items, f"nccl: {family} 20 DDP steps through Model.call", steps)
-    attempt(items, "nccl: gather and broadcast objects", lambda: ddp.gather_objects({"a": 1}, actx))
+    attempt(items, "nccl: gather objects", lambda: ddp.gather_objects({"a": 1}, actx))
     attempt(items, "nccl: broadcast object", lambda: ddp.broadcast_object([1, 2], actx))
 
     def sharded() -> None:

@@ -312,22 +312,17 @@ def rank_seed(seed: int, rank: int, *extra: int) -> int:
     return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
-def _group_size() -> int:
-    """The world size of the default process group, 1 when there is none."""
+def world_size() -> int:
+    """The number of ranks in the default group, 1 when there is none (e.g. for a family that splits
+    a global count, such as coop's persistent chains per step, over the ranks)."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
 
 
-def world_size() -> int:
-    """The number of ranks in the default group, 1 when there is none (e.g. for a family that splits
-    a global count, such as coop's persistent chains per step, over the ranks)."""
-    return _group_size()
-
-
 def process_rank() -> int:
     """This process's rank in the default group, 0 when there is none."""
-    return dist.get_rank() if _group_size() > 1 else 0
+    return dist.get_rank() if world_size() > 1 else 0
 
 
 def mean_across(tensor: torch.Tensor) -> torch.Tensor:
@@ -337,7 +332,7 @@ def mean_across(tensor: torch.Tensor) -> torch.Tensor:
 
     Collective: under a process group every rank must call it, in the same order.
     """
-    world = _group_size()
+    world = world_size()
     if world == 1:
         return tensor
     total = tensor.detach().to(_device_for(tensor), copy=True)
@@ -359,7 +354,7 @@ def gather_across(tensor: torch.Tensor) -> list[torch.Tensor]:
     """``[tensor of rank 0, tensor of rank 1, …]`` (every rank's ``tensor`` must have the same
     shape and dtype), ``[tensor]`` when no process group is active. Collective, as
     :func:`mean_across`."""
-    world = _group_size()
+    world = world_size()
     if world == 1:
         return [tensor]
     mine = tensor.detach().to(_device_for(tensor)).contiguous()
@@ -373,10 +368,8 @@ def mean_logs(logs: dict[str, float], ctx: Context) -> dict[str, float]:
     if not ctx.active or not logs:
         return logs
     keys = sorted(logs)
-    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64, device=_comm_device(ctx))
-    dist.all_reduce(values)
-    values /= ctx.world_size
-    return dict(zip(keys, values.cpu().tolist(), strict=True))
+    values = mean_across(torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64))
+    return dict(zip(keys, values.tolist(), strict=True))
 
 
 def gather_objects(obj: Any, ctx: Context) -> list[Any]:
@@ -395,10 +388,6 @@ def broadcast_object(obj: Any, ctx: Context) -> Any:
     box = [obj if ctx.is_main else None]
     dist.broadcast_object_list(box, src=0)
     return box[0]
-
-
-def _comm_device(ctx: Context) -> torch.device:
-    return ctx.device if ctx.device is not None and dist.get_backend() == "nccl" else torch.device("cpu")
 
 
 # -- evaluation ------------------------------------------------------------------------

@@ -131,7 +131,10 @@ class Model(nn.Module):
     #: its passes through :meth:`call` then run under ``torch.autocast`` with bfloat16. Safe
     #: where the loss is a regression or classification of network outputs (denoising, a
     #: velocity, a discriminator's logits, a decoder's likelihood): bfloat16's 8-bit mantissa
-    #: perturbs each term by about 0.4 %, which the optimiser averages away.
+    #: (unit roundoff u = 2⁻⁸) perturbs each term by at most 0.4 % relative, which the optimiser
+    #: averages away; float32 master weights as in Micikevicius et al. 2018 ("Mixed Precision
+    #: Training"), bfloat16 needing no loss scaling (Kalamkar et al. 2019, "A Study of BFLOAT16
+    #: for Deep Learning Training").
     autocast_safe: ClassVar[bool] = False
     #: Why it is not, for the error message (set by families with a reason of their own).
     autocast_unsafe_because: ClassVar[str] = "its training has not been shown to be accurate in bfloat16"

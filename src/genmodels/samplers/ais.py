@@ -114,7 +114,7 @@ def ais(
     reverse = reverse_from is not None
     # the chains live where the generator draws (or where the given samples are): a CUDA
     # generator runs AIS on the GPU, as a CUDA model's f needs
-    device = reverse_from.device if reverse_from is not None else generator.device
+    device = reverse_from.device if reverse else generator.device
     if reverse:
         x = reverse_from.detach().clone()
         if x.shape != (n_chains, dim):
