@@ -581,6 +581,45 @@ def test_launch_errors(monkeypatch: pytest.MonkeyPatch) -> None:
     assert x.shape == (5, 2) and torch.equal(x[3:], second)
 
 
+EXIT_WORKER = textwrap.dedent(
+    """
+    import gc, json, os, sys, weakref
+    import torch
+    import torch.distributed as dist
+    from genmodels import distributed as ddp
+    from genmodels.models import build_model
+
+    ddp._init_group("gloo", 60.0)
+    model = build_model("realnvp", 2, {"layers": 2, "hidden": 8})
+    ddp.wrap(model, ddp.Context(rank=0, world_size=1))  # the first DDP imports torch._dynamo
+    model.call("loss", torch.randn(8, 2), None)["loss"].backward()  # one pass through the wrapper
+    ddp.unwrap(model)
+    world = weakref.ref(dist.group.WORLD)
+    threads = len(os.listdir("/proc/self/task"))
+    ddp._destroy()
+    print(json.dumps({"freed": world() is None, "threads": [threads, len(os.listdir("/proc/self/task"))]}))
+    """
+)
+
+
+def test_the_group_is_freed_at_exit(tmp_path: Path) -> None:
+    """The exit handler frees the process group, so its worker threads are joined before the
+    interpreter is torn down (a worker still alive then can abort the process at exit). A fresh
+    interpreter: the group must not be held by modules imported after it (the first DDP imports
+    torch._dynamo, which imports torch.distributed.nn.functional with group.WORLD in its defaults)."""
+    script = tmp_path / "exit_worker.py"
+    script.write_text(EXIT_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "RANK": "0", "WORLD_SIZE": "1"}
+    env.update(LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout.strip().splitlines()[-1])
+    assert report["freed"], report
+    if sys.platform.startswith("linux"):  # gloo's two worker threads (and its loop) are gone
+        before, after = report["threads"]
+        assert after < before, report
+
+
 def _prepared(family: str, options: dict[str, Any], cfg: TrainConfig) -> Model:
     """A fresh model of ``family`` set up as the training loop sets it up (standardization,
     ``prepare``, ``plan``), before its optimisers."""

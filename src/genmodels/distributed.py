@@ -178,20 +178,34 @@ def setup(device: str, timeout_s: float = 1800.0) -> Context:
     if owns:
         if not dist.is_available():
             raise ValueError("this PyTorch build has no torch.distributed; train in one process")
-        backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
-        # kept for the life of the process (a later train() call, e.g. a resume, reuses it:
-        # re-initialising on torchrun's store can race with the old group's keys)
-        atexit.register(_destroy)
+        _init_group("nccl" if dev.type == "cuda" else "gloo", timeout_s)
     return Context(rank=rank, world_size=world, local_rank=local, device=dev, owns_group=owns)
 
 
+def _init_group(backend: str, timeout_s: float) -> None:
+    """Initialise the default group from torchrun's environment, to be destroyed at exit.
+
+    The group is kept for the life of the process (a later train() call, e.g. a resume, reuses it:
+    re-initialising on torchrun's store can race with the old group's keys), and destroyed by an
+    exit handler while the interpreter is still whole. For that to free it, nothing else may hold
+    it: ``torch.distributed.nn.functional`` binds ``group.WORLD`` into its functions' defaults when
+    it is first imported, and the first DistributedDataParallel imports it (through torch._dynamo).
+    Imported after the group exists, it would keep the group alive to the end: its gloo worker
+    threads then outlive the interpreter, and one still releasing a finished collective's tensors
+    at that moment aborts the process ("terminate called without an active exception", seen in
+    about 1 of 50 CLI runs under torchrun on a loaded machine). Imported first, it binds None.
+    """
+    import torch.distributed.nn.functional  # noqa: F401  (before the group: see above)
+
+    dist.init_process_group(backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
+    atexit.register(_destroy)
+
+
 def _destroy() -> None:
+    """Destroy the default group: its worker threads finish and are joined before the interpreter
+    is torn down. A DistributedDataParallel wrapper left in a reference cycle would still hold the
+    group, so cycles are collected first."""
     if dist.is_initialized():
-        # first free what may still use the group (a DistributedDataParallel wrapper kept alive by
-        # reference cycles would otherwise be freed after it). A precaution against a rare abort at
-        # exit ("terminate called without an active exception"): 1 of 15 CLI runs under torchrun
-        # before, 1 of 60 after; its cause is not established
         gc.collect()
         dist.destroy_process_group()
 
