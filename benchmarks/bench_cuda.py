@@ -184,6 +184,7 @@ def nccl_checks(items: list[dict], backend: str = "nccl", device: str = "cuda:0"
     import socket
 
     import torch.distributed as dist
+    import torch.distributed.nn.functional  # before the group, as genmodels.distributed does
 
     from genmodels import distributed as ddp
     from genmodels.models import build_model
