@@ -17,7 +17,7 @@ run nsf 1500 --validate-every 50 --patience 10
 run vae 6000 --validate-every 50 --patience 10
 run fm 3766
 run gan 1227
-run wgan-gp 230
 run coop 1200
 run triangle 5059
 run ebm 6000
+run wgan-gp 2000  # its session-10 CPU row (the 120-second row had 230 steps); last, the longest
