@@ -12,7 +12,7 @@ import torch
 from genmodels.distributions import GaussianMixture, get_target
 from genmodels.evaluate import kl_to_truth
 from genmodels.models import build_model
-from genmodels.models.ebm import EBM, EBMConfig
+from genmodels.models.ebm import EBM, EBMConfig, importance_ess, sir_temperature
 from genmodels.train import TrainConfig, TrainingDiverged, train
 
 LOG_2PI = math.log(2 * math.pi)
@@ -600,3 +600,38 @@ def test_state_dict_is_plain_tensors(tmp_path) -> None:
     torch.save(model.state_dict(), tmp_path / "w.pt")
     loaded = torch.load(tmp_path / "w.pt", weights_only=True)
     assert loaded.keys() == model.state_dict().keys()
+
+
+def test_sir_temperature() -> None:
+    """β = 1 where the plain weights have the effective sample size asked for; otherwise the
+    largest β whose tempered weights still have it (bisection to 2⁻⁴⁰)."""
+    g = torch.Generator().manual_seed(0)
+    flat = 0.1 * torch.randn(1000, generator=g, dtype=torch.float64)
+    assert importance_ess(flat) > 900 and sir_temperature(flat, 50) == 1.0
+    steep = 40.0 * torch.randn(1000, generator=g, dtype=torch.float64)
+    assert importance_ess(steep) < 2
+    beta = sir_temperature(steep, 50)
+    assert 0 < beta < 1
+    assert importance_ess(beta * steep) >= 50 > importance_ess((beta + 1e-6) * steep)
+    assert sir_temperature(steep, 1000) < 1e-9  # only (nearly) equal weights have ESS = all of them
+
+
+def test_resampled_starts_stay_diverse_in_high_dimension() -> None:
+    """In 64-D the plain SIR weights of a steep f degenerate (every start a copy of one draw of q);
+    tempered, n starts hold at least n/4 distinct points. Where the weights are healthy (2-D, a
+    gentle f) the draws are plain SIR's, draw for draw."""
+    n = 100
+    model = build_model("ebm", 64, {"energy": "mlp", "hidden": 8, "depth": 1})
+    model.__dict__["f"] = lambda u: 25.0 * u.sum(1) / 8  # a steep log-weight: sd 25 under q
+    starts = model.resample_q(n, torch.Generator().manual_seed(0))
+    assert torch.unique(starts, dim=0).shape[0] >= n // 4
+    plain_pool = model.sample_q(n * 16, torch.Generator().manual_seed(0))
+    assert importance_ess(model.f(plain_pool)) < 5  # plain SIR would repeat a handful of points
+
+    gentle = build_model("ebm", 2, {"hidden": 8, "depth": 1})
+    gentle.__dict__["f"] = lambda u: 0.5 * u[:, 0]
+    got = gentle.resample_q(n, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    pool = gentle.sample_q(n * 16, g)
+    idx = torch.multinomial(torch.softmax(gentle.f(pool).double(), 0), n, replacement=True, generator=g)
+    assert torch.equal(got, pool[idx])

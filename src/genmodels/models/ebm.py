@@ -231,7 +231,8 @@ class EBMSampleConfig(SampleConfig):
     """warm-up steps adapting the step size (mala, hmc)"""
     init: Literal["auto", "buffer", "reference", "resample"] = "auto"
     """where chains start: the persistent buffer, q, or q importance-resampled by the weights
-    exp(f) (sampling–importance–resampling, already distributed as p when q covers p well);
+    exp(f) (sampling–importance–resampling, already distributed as p when q covers p well;
+    tempered where the weights degenerate, as in high dimension: ``EBM.resample_q``);
     auto: the buffer when the model has persistent chains, else resample"""
 
 
@@ -452,12 +453,20 @@ class EBM(Model):
         """n draws by sampling–importance–resampling: ``oversample``·n draws of q, resampled
         with weights p/q ∝ exp(f). Exact as oversample → ∞; with finite oversampling a good
         start for MCMC, with every mode represented in proportion to its learned mass when q
-        covers the modes (chains started from q alone keep q's proportions until they mix)."""
+        covers the modes (chains started from q alone keep q's proportions until they mix).
+
+        In high dimension the weights degenerate: on 8×8 digits the effective sample size of
+        3,200 weights was 1.08, so every chain would start from the same point. The weights are
+        then tempered, exp(β·f) with the largest β ≤ 1 whose effective sample size is at least
+        n/2 (:func:`sir_temperature`; adaptive tempering as in SMC samplers, Jasra et al. 2011):
+        the draws follow q·e^{βf}, between q and the model, and the MCMC that follows goes the
+        rest of the way. Where plain SIR's weights are healthy, β = 1 and nothing changes."""
         with torch.no_grad():
             pool = self.sample_q(n * oversample, generator)
-            log_w = torch.cat([self.f(chunk) for chunk in pool.split(65536)])
+            log_w = torch.cat([self.f(chunk) for chunk in pool.split(65536)]).double()
+            beta = sir_temperature(log_w, n / 2)
             where = generator.device if generator is not None else "cpu"  # multinomial draws there
-            weights = torch.softmax(log_w.double(), 0).to(where)
+            weights = torch.softmax(log_w if beta == 1.0 else beta * log_w, 0).to(where)
             idx = torch.multinomial(weights, n, replacement=True, generator=generator)
         return pool[idx.to(pool.device)]
 
@@ -977,6 +986,29 @@ SNAPSHOT_EVERY = 100
 DATA_NOISE_END = 0.01
 #: κ of the Robbins–Monro step-size update log Δt += κ·(acceptance − target)
 STEP_ADAPT_RATE = 0.1
+
+
+def importance_ess(log_w: torch.Tensor) -> float:
+    """Kish's effective sample size (Σw)²/Σw² of the weights exp(log_w)."""
+    w = torch.softmax(log_w.double(), 0)
+    return float(1.0 / (w * w).sum())
+
+
+def sir_temperature(log_w: torch.Tensor, min_ess: float, iterations: int = 40) -> float:
+    """The largest β in [0, 1] with ``importance_ess(β·log_w) >= min_ess``: 1 when the plain
+    weights already have that effective sample size, else found by bisection (the ESS falls
+    as β grows: d log ESS/dβ = 2(E_β f − E_2β f) ≤ 0, E_β the mean under weights ∝ e^{βf}).
+    At β = 0 the ESS is the number of weights, the most there is."""
+    if importance_ess(log_w) >= min_ess:
+        return 1.0
+    lo, hi = 0.0, 1.0  # ESS(lo) >= min_ess > ESS(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if importance_ess(mid * log_w) >= min_ess:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def chains_per_rank(buffer_chains: int, batch: int, across: bool, family: str) -> int:
