@@ -12,7 +12,8 @@ import torch
 from genmodels.distributions import GaussianMixture, get_target
 from genmodels.evaluate import kl_to_truth
 from genmodels.models import build_model
-from genmodels.models.ebm import EBM, EBMConfig, importance_ess, sir_temperature
+from genmodels.models.ebm import EBM, EBMConfig
+from genmodels.samplers.ais import importance_ess, sir_temperature
 from genmodels.train import TrainConfig, TrainingDiverged, train
 
 LOG_2PI = math.log(2 * math.pi)

@@ -101,6 +101,7 @@ from genmodels.models.base import Model, ModelConfig, SampleConfig
 from genmodels.nets.conv import ConvEncoder, conv_base, image_side
 from genmodels.nets.mlp import _ACTIVATIONS, MLP, Activation, RandomFourierFeatures
 from genmodels.quadrature import GridLogZ, grid_log_partition, grid_sample
+from genmodels.samplers.ais import sir_temperature
 from genmodels.samplers.base import run_warmup
 from genmodels.samplers.hmc import HMC
 from genmodels.samplers.langevin import MALA, Langevin
@@ -466,7 +467,7 @@ class EBM(Model):
             log_w = torch.cat([self.f(chunk) for chunk in pool.split(65536)]).double()
             beta = sir_temperature(log_w, n / 2)
             where = generator.device if generator is not None else "cpu"  # multinomial draws there
-            weights = torch.softmax(log_w if beta == 1.0 else beta * log_w, 0).to(where)
+            weights = torch.softmax(beta * log_w, 0).to(where)  # β = 1: plain SIR, exactly
             idx = torch.multinomial(weights, n, replacement=True, generator=generator)
         return pool[idx.to(pool.device)]
 
@@ -986,29 +987,6 @@ SNAPSHOT_EVERY = 100
 DATA_NOISE_END = 0.01
 #: κ of the Robbins–Monro step-size update log Δt += κ·(acceptance − target)
 STEP_ADAPT_RATE = 0.1
-
-
-def importance_ess(log_w: torch.Tensor) -> float:
-    """Kish's effective sample size (Σw)²/Σw² of the weights exp(log_w)."""
-    w = torch.softmax(log_w.double(), 0)
-    return float(1.0 / (w * w).sum())
-
-
-def sir_temperature(log_w: torch.Tensor, min_ess: float, iterations: int = 40) -> float:
-    """The largest β in [0, 1] with ``importance_ess(β·log_w) >= min_ess``: 1 when the plain
-    weights already have that effective sample size, else found by bisection (the ESS falls
-    as β grows: d log ESS/dβ = 2(E_β f − E_2β f) ≤ 0, E_β the mean under weights ∝ e^{βf}).
-    At β = 0 the ESS is the number of weights, the most there is."""
-    if importance_ess(log_w) >= min_ess:
-        return 1.0
-    lo, hi = 0.0, 1.0  # ESS(lo) >= min_ess > ESS(hi)
-    for _ in range(iterations):
-        mid = 0.5 * (lo + hi)
-        if importance_ess(mid * log_w) >= min_ess:
-            lo = mid
-        else:
-            hi = mid
-    return lo
 
 
 def chains_per_rank(buffer_chains: int, batch: int, across: bool, family: str) -> int:

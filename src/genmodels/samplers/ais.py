@@ -73,8 +73,32 @@ def _summarize(log_w: torch.Tensor, kind: Kind, sign: float) -> LogZEstimate:
     log_mean = torch.logsumexp(s, 0) - math.log(n)
     w = torch.exp(s - log_mean)  # weights normalized to mean 1
     stderr = float(w.std() / math.sqrt(n)) if n > 1 else float("inf")
-    ess = float(w.sum() ** 2 / (w**2).sum())
-    return LogZEstimate(float(sign * log_mean), stderr, kind, log_w.cpu(), ess)
+    return LogZEstimate(float(sign * log_mean), stderr, kind, log_w.cpu(), importance_ess(s))
+
+
+def importance_ess(log_w: torch.Tensor) -> float:
+    """Kish's effective sample size (Σw)²/Σw² of the importance weights w = exp(log_w) (Kish 1965;
+    Liu 1996): n for equal weights, 1 when one weight holds everything."""
+    w = torch.softmax(log_w.double(), 0)
+    return float(1.0 / (w * w).sum())
+
+
+def sir_temperature(log_w: torch.Tensor, min_ess: float, iterations: int = 40) -> float:
+    """The largest β in [0, 1] with ``importance_ess(β·log_w) >= min_ess``: 1 when the plain
+    weights already have that effective sample size, else found by bisection (the ESS falls
+    as β grows: d log ESS/dβ = 2(E_β f − E_2β f) ≤ 0, E_β the mean under weights ∝ e^{βf}).
+    At β = 0 the ESS is the number of weights, the most there is. This is the adaptive choice of
+    the next temperature in SMC samplers (Jasra et al. 2011), here for the first step from q."""
+    if importance_ess(log_w) >= min_ess:
+        return 1.0
+    lo, hi = 0.0, 1.0  # ESS(lo) >= min_ess > ESS(hi)
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if importance_ess(mid * log_w) >= min_ess:
+            lo = mid
+        else:
+            hi = mid
+    return lo
 
 
 def ais(
