@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from tqdm.auto import tqdm
@@ -46,6 +46,7 @@ from genmodels.models.base import logit_transform
 
 Schedule = Literal["cosine", "constant"]
 Precision = Literal["fp32", "bf16"]
+Compile = Literal["none", "default", "reduce-overhead", "max-autotune"]
 Evaluator = Callable[[Model], dict[str, Any]]
 
 
@@ -71,6 +72,12 @@ class TrainConfig:
     """"bf16": mixed precision, the family's differentiated passes run under torch.autocast with
     bfloat16 (weights, optimiser state, checkpoints, sampling and evaluation stay float32); only
     for families where it is safe (diffusion, fm, gan, wgan-gp, vae, made)"""
+    compile: Compile = "none"
+    """torch.compile the family's network for its training passes: "default" fuses kernels;
+    "reduce-overhead" also replays each step's kernel launches as a CUDA graph, which pays off on a
+    GPU where small networks are bound by launches (the digits U-Net on an H200: 2.0x diffusion,
+    2.8x fm at batch 512); "max-autotune" also tunes kernels. The first steps compile (10-30 s).
+    Sampling, evaluation, validation and checkpoints use the eager network. For diffusion and fm"""
     checkpoint_every: int = 1000
     """steps between checkpoints (with an output directory); one is always written at the end"""
     eval_every: int = 0
@@ -111,6 +118,9 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: cosine, constant")
         if self.precision not in ("fp32", "bf16"):
             raise ValueError(f"unknown precision {self.precision!r}; choose one of: fp32, bf16")
+        if self.compile not in get_args(Compile):
+            modes = ", ".join(get_args(Compile))
+            raise ValueError(f"unknown compile mode {self.compile!r}; choose one of: {modes}")
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (0-based)."""
@@ -192,6 +202,31 @@ def check_precision(model: Model, precision: str, device: torch.device) -> None:
         raise ValueError(f"precision {precision}: this GPU has no bfloat16 support; use precision fp32")
     if device.type not in ("cuda", "cpu"):
         raise ValueError(f"precision {precision} runs on cuda or cpu, not on {device.type}")
+
+
+def compile_networks(model: Model, mode: str) -> None:
+    """Compile ``model``'s :attr:`~genmodels.models.Model.compile_modules` with ``torch.compile``
+    in ``mode`` for its passes through ``Model.call`` (:meth:`Model._compiled_passes`); a one-line
+    ValueError for a family that lists none. Undone by :func:`uncompile_networks`."""
+    if mode == "none":
+        return
+    names = type(model).compile_modules
+    if not names:
+        from genmodels.models import FAMILIES
+
+        able = ", ".join(name for name in FAMILIES if get_family(name).compile_modules)
+        raise ValueError(
+            f"compile {mode} is not available for the {model.family} family: its training passes "
+            f"have not been shown to compile (some differentiate gradients); it is for: {able}"
+        )
+    # nn.Module.compile's own recipe (torch >= 2.2), kept aside: Model.call sets it per pass
+    model.__dict__["_compiled_forwards"] = {
+        name: torch.compile(getattr(model, name)._call_impl, mode=mode) for name in names
+    }
+
+
+def uncompile_networks(model: Model) -> None:
+    model.__dict__.pop("_compiled_forwards", None)
 
 
 def standardize_from(model: Model, data: Dataset, seed: int, n: int = 10_000) -> None:
@@ -359,6 +394,7 @@ def train(
         if isinstance(model, Model):
             ddp.unwrap(model)
             model.__dict__.pop("_autocast", None)
+            uncompile_networks(model)
 
 
 def _train(
@@ -390,6 +426,7 @@ def _train(
     if model.dim != dataset.dim:
         raise ValueError(f"the model is for dimension {model.dim} but the data has dimension {dataset.dim}")
     check_precision(model, config.precision, device)
+    compile_networks(model, config.compile)
     described = dataset.describe()  # the whole data set, as given (resume reloads it from its source)
     mode = validation_mode(model) if config.validate_every else None
     val_points: torch.Tensor | None = None
@@ -613,6 +650,7 @@ def _train(
     save(step, metrics, final=True)
     ddp.unwrap(model)
     model.__dict__.pop("_autocast", None)
+    uncompile_networks(model)
     model.eval()
     return TrainResult(
         model=model,

@@ -37,8 +37,9 @@ wasted).
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
@@ -143,6 +144,12 @@ class Model(nn.Module):
     #: updates: the energy-based model's chains) sets False: they are then synced once, when the
     #: wrapper is built, and a desynchronisation shows instead of being papered over.
     ddp_sync_buffers: ClassVar[bool] = True
+    #: The submodules (attribute names) that ``TrainConfig.compile`` compiles with
+    #: ``torch.compile``, for the passes through :meth:`call` only (sampling, evaluation,
+    #: validation and checkpoints see the eager modules). A family lists a network here when its
+    #: training pass is a plain forward and backward through it; passes that differentiate
+    #: gradients (a gradient penalty, Langevin steps inside the loss) stay out.
+    compile_modules: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def train_defaults_for(cls, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -312,10 +319,29 @@ class Model(nn.Module):
         training loop sets it for ``TrainConfig.precision="bf16"``) the call runs under
         ``torch.autocast``; the backward of its result then follows the same dtypes."""
         dtype = self.__dict__.get("_autocast")
-        if dtype is not None:  # mixed precision (TrainConfig.precision): the pass, not the weights
-            with torch.autocast(self.device.type, dtype=dtype):
-                return self._call(method, *args, **kwargs)
-        return self._call(method, *args, **kwargs)
+        with self._compiled_passes():
+            if dtype is not None:  # mixed precision (TrainConfig.precision): the pass, not the weights
+                with torch.autocast(self.device.type, dtype=dtype):
+                    return self._call(method, *args, **kwargs)
+            return self._call(method, *args, **kwargs)
+
+    @contextlib.contextmanager
+    def _compiled_passes(self) -> Iterator[None]:
+        """Inside, the :attr:`compile_modules` run compiled when the training loop compiled them
+        (``TrainConfig.compile``): ``nn.Module.compile`` keeps the compiled forward in the module's
+        ``_compiled_call_impl``, which ``__call__`` takes when set; it is set for this pass only."""
+        compiled = self.__dict__.get("_compiled_forwards")
+        if not compiled:
+            yield
+            return
+        modules = [(getattr(self, name), forward) for name, forward in compiled.items()]
+        for module, forward in modules:
+            module._compiled_call_impl = forward
+        try:
+            yield
+        finally:
+            for module, _ in modules:
+                module._compiled_call_impl = None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         wrapper = self.__dict__.get("_ddp")

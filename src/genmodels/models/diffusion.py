@@ -194,6 +194,7 @@ class Diffusion(Model):
 
     family: ClassVar[str] = "diffusion"
     autocast_safe: ClassVar[bool] = True  # a regression/classification loss: bf16-safe
+    compile_modules: ClassVar[tuple[str, ...]] = ("net",)  # a regression through one network
     Config: ClassVar[type[ModelConfig]] = DiffusionConfig
     SampleConfig: ClassVar[type[SampleConfig]] = DiffusionSampleConfig
     has_log_prob: ClassVar[bool] = True

@@ -157,6 +157,7 @@ class FlowMatching(Model):
 
     family: ClassVar[str] = "fm"
     autocast_safe: ClassVar[bool] = True  # a regression/classification loss: bf16-safe
+    compile_modules: ClassVar[tuple[str, ...]] = ("net",)  # a regression through one network
     Config: ClassVar[type[ModelConfig]] = FlowMatchingConfig
     SampleConfig: ClassVar[type[SampleConfig]] = FlowMatchingSampleConfig
     has_log_prob: ClassVar[bool] = True
