@@ -154,14 +154,20 @@ def test_the_ebm_update_ascends_the_closed_form_delta() -> None:
     assert torch.all((grad_mc - grad_exact).abs() < 4 * stderr), (grad_mc, grad_exact, stderr)
 
 
-def test_refined_samples_follow_the_ebm() -> None:
-    """MALA refinement from the generator's draws ends at π = N(mean_pi, ·): its sample mean is π's
-    mean within 5 standard errors, while the unrefined draws are far from it."""
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"refine_steps": 300, "warmup": 0, "step_size": 0.2}],
+    ids=["default: adapted MALA", "fixed step"],
+)
+def test_samples_follow_the_ebm(options) -> None:
+    """``sample`` refines the generator's draws by MALA on π = N(mean_pi, ·), by default with its
+    step size adapted from 0.001 in a warm-up: the sample mean is π's mean within 5 standard
+    errors, while the generator's own draws (``refine_steps=0``) are far from it."""
     model = _linear_triangle()
     mean_pi = _closed_form(W_E, B_E)["mean_pi"]
     g = torch.Generator().manual_seed(5)
-    raw = model.sample(4000, generator=g)
-    refined = model.sample(4000, generator=g, refine_steps=300, step_size=0.2, kernel="mala")
+    raw = model.sample(4000, generator=g, refine_steps=0)
+    refined = model.sample(4000, generator=g, **options)
     stderr = refined.std(0) / math.sqrt(4000)
     assert torch.all((refined.mean(0) - mean_pi).abs() < 5 * stderr), (refined.mean(0), mean_pi)
     assert torch.any((raw.mean(0) - mean_pi).abs() > 10 * stderr)

@@ -344,9 +344,11 @@ class Diffusion(Model):
             k = int(self.ema_updates)
             decay = min(self.config.ema, (1 + k) / (10 + k))
             self.ema_updates.add_(1)
-            with torch.no_grad():
-                for p_ema, p in zip(self.ema_net.parameters(), self.net.parameters(), strict=True):
-                    p_ema.lerp_(p, 1.0 - decay)
+            ema, live = list(self.ema_net.parameters()), list(self.net.parameters())
+            if len(ema) != len(live):
+                raise RuntimeError(f"the EMA network has {len(ema)} parameters, the network {len(live)}")
+            with torch.no_grad():  # one fused update (a few launches on a GPU, not one per tensor)
+                torch._foreach_lerp_(ema, live, 1.0 - decay)
         return logs
 
     # -- sampling and likelihood ------------------------------------------------------

@@ -87,8 +87,15 @@ generator's marginal p_θ(x) = ∫ p(z) p_θ(x|z) dz has only bounds. The submod
 identity): score them through this model (``log_prob``, ``sample``), or map their draws back
 with x = shift + scale · u. ``model="generator"`` gives
 the generator's importance-weighted lower bound from the inference model (Burda et al. 2016),
-kind "lower_bound". ``sample`` draws from the generator, optionally refined by Langevin/MALA
-steps on the EBM (``refine_steps``).
+kind "lower_bound". ``sample`` draws from the EBM π_α, the model whose density ``log_prob``
+gives: the generator's draws, the amortized sampler the triangle trains for π_α, are the
+chains' starts, refined by MALA on π_α with its step size adapted in a warm-up
+(``refine_steps``, ``warmup``). ``refine_steps=0`` gives the generator's own draws g(z) + σε.
+Measured (seed 0, default options): on digits (5,059 steps) the refinement took the samples'
+Fréchet distance from 311 to 33–37 (two sampling seeds); on 2-D targets (3,000 steps) their
+grid KL from 0.59 to 0.53 (8gaussians), 0.83 to 0.52 (rings), 0.66 to 0.50 (checkerboard),
+0.84 to 0.42 (2spirals), 3.62 to 2.09 (grid25). Where the EBM itself is poor the samples
+show it: pinwheel after 800 steps, EBM KL 6.1, grid KL 1.05 → 4.31.
 
 **Data-parallel training** (``torchrun``; :mod:`genmodels.distributed`): each rank takes its
 slice of the global batch and draws its own noise (pairs of P, the encoder's draws, the MCMC);
@@ -124,7 +131,7 @@ import torch
 
 from genmodels import distributed as ddp
 from genmodels.models.base import Model, ModelConfig, SampleConfig
-from genmodels.models.ebm import EBM, EBMConfig, chains_per_rank
+from genmodels.models.ebm import EBM, TARGET_ACCEPT, EBMConfig, _Frozen, chains_per_rank
 from genmodels.models.vae import (
     _LOG_2PI,
     LOG_STD_BOUND,
@@ -135,6 +142,7 @@ from genmodels.models.vae import (
     _soft_clamp,
 )
 from genmodels.nets.mlp import _ACTIVATIONS, Activation
+from genmodels.samplers.base import run_warmup
 from genmodels.samplers.langevin import MALA, Langevin
 from genmodels.types import LogDensity
 
@@ -232,13 +240,16 @@ class TriangleConfig(ModelConfig):
 class TriangleSampleConfig(SampleConfig):
     """Options of ``sample`` for the divergence triangle."""
 
-    refine_steps: int = 0
-    """Langevin (or MALA) steps on the EBM π_α started at the generator's draws; 0: the
-    generator's draws themselves"""
+    refine_steps: int = 200
+    """MALA (or Langevin) steps on the EBM π_α after the warm-up, started at the generator's
+    draws, so that the samples are π_α's; 0: the generator's draws themselves (no warm-up)"""
+    warmup: int = 100
+    """steps before those that adapt MALA's step size to acceptance 0.574 (dual averaging, as the
+    ``ebm`` family's sampler); 0, or the langevin kernel: ``step_size`` as given"""
     step_size: float = 0.001
-    """step size Δt of the refining kernel (standardized units)"""
-    kernel: Literal["langevin", "mala"] = "langevin"
-    """the refining kernel: unadjusted Langevin (tutorial §4) or MALA"""
+    """step size Δt of the refining kernel (standardized units); with a warm-up, where it starts"""
+    kernel: Literal["langevin", "mala"] = "mala"
+    """the refining kernel: MALA, or unadjusted Langevin (tutorial §4)"""
     mean: bool = False
     """start from the decoder mean g_θ(z) instead of a draw g_θ(z) + σ ε"""
 
@@ -581,16 +592,18 @@ class Triangle(Model):
         n: int,
         *,
         generator: torch.Generator | None,
-        refine_steps: int = 0,
+        refine_steps: int = 200,
+        warmup: int = 100,
         step_size: float = 0.001,
-        kernel: str = "langevin",
+        kernel: str = "mala",
         mean: bool = False,
     ) -> torch.Tensor:
-        """The generator's draws (z ~ N(0, I), u = g_θ(z) + σ ε, or g_θ(z) with ``mean``), then
-        ``refine_steps`` steps of ``kernel`` on the EBM's π̃_α (Langevin: x ← x + (Δt/2)∇log π̃ +
-        √Δt e, tutorial §4; MALA adds the Metropolis test)."""
-        if refine_steps < 0:
-            raise ValueError(f"refine_steps must be >= 0, got {refine_steps}")
+        """The generator's draws (z ~ N(0, I), u = g_θ(z) + σ ε, or g_θ(z) with ``mean``), then,
+        unless ``refine_steps`` is 0, ``warmup`` steps of MALA adapting its step size (dual
+        averaging to acceptance 0.574) and ``refine_steps`` steps of ``kernel`` on the EBM's π̃_α
+        (Langevin: x ← x + (Δt/2)∇log π̃ + √Δt e, tutorial §4; MALA adds the Metropolis test)."""
+        if refine_steps < 0 or warmup < 0:
+            raise ValueError(f"refine_steps and warmup must be >= 0, got {refine_steps} and {warmup}")
         if kernel not in ("langevin", "mala"):
             raise ValueError(f"unknown kernel {kernel!r}; choose one of: langevin, mala")
         if not step_size > 0:
@@ -601,9 +614,23 @@ class Triangle(Model):
         if generator is None:  # the kernels draw only from an explicit generator
             seed = int(torch.randint(2**62, ()))
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        k = Langevin(step_size=step_size) if kernel == "langevin" else MALA(step_size=step_size)
-        with torch.enable_grad():
-            state = k.init(u, self.log_pi_tilde)
+        make = Langevin if kernel == "langevin" else MALA
+        with torch.enable_grad(), _Frozen(self):
+            if kernel == "mala" and warmup > 0:
+                warm = run_warmup(
+                    lambda eps, _mass: MALA(step_size=eps),
+                    u,
+                    self.log_pi_tilde,
+                    warmup,
+                    generator,
+                    TARGET_ACCEPT["mala"],
+                    initial_step_size=step_size,
+                    adapt_mass=False,
+                )
+                state, step_size = warm.state, warm.step_size
+            else:
+                state = make(step_size=step_size).init(u, self.log_pi_tilde)
+            k = make(step_size=step_size)
             for _ in range(refine_steps):
                 state, _ = k.step(state, generator)
         return state.position.detach()
