@@ -28,9 +28,9 @@ Scores (``genmodels.evaluate``), per model:
   grid (``ebm``'s sampler="grid"; the triangle's and CoopNets' EBM are the EBM family's);
 - a **generator** (triangle's, CoopNets', the VAE's decoder, the GAN's): the counting KL of
   20,000 draws on a 50 × 50 grid (kind ``estimate``, with its floor, the score of a perfect
-  sampler, ``kl_null_bias``); modes / HQ % on the first 2,500 draws. The triangle's and the
-  VAE's generator draw x = g(z) + σ ε; so does CoopNets' (``refine_steps=0``: its generator
-  alone with its learned σ, without the Langevin revision); the VAE's row also carries its
+  sampler, ``kl_null_bias``); modes / HQ % on the first 2,500 draws. The VAE's generator
+  draws x = g(z) + σ ε; so do the triangle's and CoopNets' (``refine_steps=0``: the generator
+  alone, without the MALA refinement or the Langevin revision on their EBM); the VAE's row also carries its
   importance-weighted KL upper bound (``kl_bound``).
 
 Bars (issue 8): the triangle's EBM at least as close to the truth as the EBM alone, and the
@@ -126,7 +126,8 @@ def score_ebm(model, target, seed: int) -> dict:
 def score_generator(model, target, seed: int) -> dict:
     """Counting KL of 20,000 generator draws on a 50 × 50 grid (with its floor) and their modes."""
     g = torch.Generator().manual_seed(seed)
-    options = {"refine_steps": 0} if model.family == "coop" else {}
+    # the generator alone: coop's and the triangle's sample() refine its draws on their EBM
+    options = {"refine_steps": 0} if model.family in ("coop", "triangle") else {}
     samples = model.sample(N_KL, generator=g, **options).detach().cpu().float()
     kl = kl_to_truth(model, target, N_KL, g, method="grid", samples=samples)
     row = {
