@@ -59,3 +59,20 @@ def test_compile_is_refused_by_a_family_without_compile_modules() -> None:
 def test_an_unknown_compile_mode_is_named() -> None:
     with pytest.raises(ValueError, match="unknown compile mode 'fast'; choose one of: none, default"):
         TrainConfig(compile="fast").validate()  # type: ignore[arg-type]
+
+
+def test_the_compiled_forward_is_set_for_a_pass_and_kept_by_a_pass_inside_it() -> None:
+    from genmodels.models import build_model
+
+    model = build_model("fm", 2, {}, seed=0)
+
+    def forward(*args, **kwargs):
+        raise AssertionError("not called here")
+
+    model.__dict__["_compiled_forwards"] = {"net": forward}  # what compile_networks leaves
+    assert model.net._compiled_call_impl is None
+    with model._compiled_passes():
+        with model._compiled_passes():
+            assert model.net._compiled_call_impl is forward
+        assert model.net._compiled_call_impl is forward  # the outer pass is still compiled
+    assert model.net._compiled_call_impl is None

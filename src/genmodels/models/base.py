@@ -334,14 +334,15 @@ class Model(nn.Module):
         if not compiled:
             yield
             return
-        modules = [(getattr(self, name), forward) for name, forward in compiled.items()]
-        for module, forward in modules:
+        modules = [getattr(self, name) for name in compiled]
+        before = [module._compiled_call_impl for module in modules]  # a pass inside a pass keeps it
+        for module, forward in zip(modules, compiled.values(), strict=True):
             module._compiled_call_impl = forward
         try:
             yield
         finally:
-            for module, _ in modules:
-                module._compiled_call_impl = None
+            for module, previous in zip(modules, before, strict=True):
+                module._compiled_call_impl = previous
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         wrapper = self.__dict__.get("_ddp")
