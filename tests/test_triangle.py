@@ -40,7 +40,8 @@ def _raw(log_std: torch.Tensor) -> torch.Tensor:
 
 
 def _linear_triangle() -> Triangle:
-    model = Triangle(2, TriangleConfig(latent_dim=2, depth=0, decoder_std=SIGMA, energy_reg=0.0)).double()
+    config = TriangleConfig(latent_dim=2, depth=0, decoder_std=SIGMA, energy_reg=0.0, fourier_features=0)
+    model = Triangle(2, config).double()
     model.ebm.f_net = QuadraticEnergy(2).double()
     with torch.no_grad():
         dec, enc = model.vae.decoder[0], model.vae.encoder[0]
@@ -199,7 +200,14 @@ def test_energy_reg_decay_follows_the_lr() -> None:
     model = build_model(
         "triangle",
         2,
-        {"hidden": 8, "ebm_hidden": 8, "grid_size": 16, "energy_reg": 0.5, "energy_reg_decay": "lr"},
+        {
+            "hidden": 8,
+            "ebm_hidden": 8,
+            "grid_size": 16,
+            "energy_reg": 0.5,
+            "energy_reg_decay": "lr",
+            "fourier_features": 0,
+        },
     )
     x = get_target("8gaussians").sample(256, generator=torch.Generator().manual_seed(0))
     model.prepare(x, torch.Generator().manual_seed(0))
@@ -353,3 +361,22 @@ def test_conv_triangle_has_three_conv_networks_starts_at_q_and_round_trips(tmp_p
         build_model("triangle", 10, {"net": "conv"})
     with pytest.raises(ValueError, match="unknown net 'unet'"):
         build_model("triangle", 64, {"net": "unet"})
+
+
+def test_the_energy_reads_fourier_features_in_2d_only_by_default() -> None:
+    """Auto Fourier features: 64 for the MLP energy in 2-D (f_net = features → MLP), none in 64-D
+    or for the conv energy; a checkpoint written before them restores without them."""
+    from genmodels.models.ebm import AUTO_FOURIER_FEATURES
+    from genmodels.train import restore_model
+
+    two = build_model("triangle", 2, {"hidden": 8, "ebm_hidden": 8, "grid_size": 16})
+    assert two.ebm.config.fourier_features == AUTO_FOURIER_FEATURES == 64
+    assert two.ebm._fourier is not None and two.ebm._fourier.out_dim == 2 + 2 * 64
+    assert build_model("triangle", 64, {"hidden": 8, "ebm_hidden": 8}).ebm._fourier is None
+    with pytest.raises(ValueError, match="fourier_features feed the MLP energy; net=conv"):
+        build_model("triangle", 64, {"net": "conv", "fourier_features": 8})
+    old = build_model("triangle", 2, {"hidden": 8, "ebm_hidden": 8, "grid_size": 16, "fourier_features": 0})
+    saved = {k: v for k, v in old.config.__dict__.items() if k != "fourier_features"}  # as written then
+    record = {"family": "triangle", "model_config": saved, "data": {"dim": 2}}
+    restored = restore_model(record, {f"model.{k}": v for k, v in old.state_dict().items()})
+    assert restored.ebm._fourier is None
