@@ -959,7 +959,23 @@ class EBM(Model):
             raise ValueError(
                 f"unknown sampler {sampler!r}; choose one of: auto, mala, hmc, langevin, short-run, grid"
             )
-        eps = float(self.mcmc_step_size)
+        return self.mcmc_from(start, generator, sampler, steps, warmup, float(self.mcmc_step_size))
+
+    def mcmc_from(
+        self,
+        start: torch.Tensor,
+        generator: torch.Generator,
+        sampler: str,
+        steps: int,
+        warmup: int,
+        step_size: float,
+    ) -> torch.Tensor:
+        """Chains of ``sampler`` (mala, hmc or langevin) on p̃ from ``start`` (u-space): ``warmup``
+        steps adapting one shared step size from ``step_size`` by dual averaging to the kernel's
+        optimal acceptance (0.574 for MALA, Roberts & Rosenthal 1998; 0.8 for HMC; Hoffman &
+        Gelman 2014, Alg. 5), then ``steps`` steps at the adapted size; langevin has no test to
+        adapt to and keeps ``step_size``. Returns the final positions, detached."""
+        c = self.config
         with torch.enable_grad(), _Frozen(self):
             if sampler != "langevin" and warmup > 0:
                 warm = run_warmup(
@@ -969,13 +985,13 @@ class EBM(Model):
                     warmup,
                     generator,
                     TARGET_ACCEPT[sampler],
-                    initial_step_size=eps,
+                    initial_step_size=step_size,
                     adapt_mass=False,
                 )
-                state, eps = warm.state, warm.step_size
+                state, step_size = warm.state, warm.step_size
             else:
-                state = _kernel(sampler, eps, c.leapfrog).init(start, self.unnormalized)
-            kernel = _kernel(sampler, eps, c.leapfrog)
+                state = _kernel(sampler, step_size, c.leapfrog).init(start, self.unnormalized)
+            kernel = _kernel(sampler, step_size, c.leapfrog)
             for _ in range(steps):
                 state, _ = kernel.step(state, generator)
         return state.position.detach()

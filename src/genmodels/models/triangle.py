@@ -132,14 +132,7 @@ import torch
 
 from genmodels import distributed as ddp
 from genmodels.models.base import Model, ModelConfig, SampleConfig
-from genmodels.models.ebm import (
-    AUTO_FOURIER_FEATURES,
-    EBM,
-    TARGET_ACCEPT,
-    EBMConfig,
-    _Frozen,
-    chains_per_rank,
-)
+from genmodels.models.ebm import AUTO_FOURIER_FEATURES, EBM, EBMConfig, chains_per_rank
 from genmodels.models.vae import (
     _LOG_2PI,
     LOG_STD_BOUND,
@@ -150,8 +143,6 @@ from genmodels.models.vae import (
     _soft_clamp,
 )
 from genmodels.nets.mlp import _ACTIVATIONS, Activation
-from genmodels.samplers.base import run_warmup
-from genmodels.samplers.langevin import MALA, Langevin
 from genmodels.types import LogDensity
 
 
@@ -636,26 +627,8 @@ class Triangle(Model):
         if generator is None:  # the kernels draw only from an explicit generator
             seed = int(torch.randint(2**62, ()))
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        make = Langevin if kernel == "langevin" else MALA
-        with torch.enable_grad(), _Frozen(self):
-            if kernel == "mala" and warmup > 0:
-                warm = run_warmup(
-                    lambda eps, _mass: MALA(step_size=eps),
-                    u,
-                    self.log_pi_tilde,
-                    warmup,
-                    generator,
-                    TARGET_ACCEPT["mala"],
-                    initial_step_size=step_size,
-                    adapt_mass=False,
-                )
-                state, step_size = warm.state, warm.step_size
-            else:
-                state = make(step_size=step_size).init(u, self.log_pi_tilde)
-            k = make(step_size=step_size)
-            for _ in range(refine_steps):
-                state, _ = k.step(state, generator)
-        return state.position.detach()
+        # π̃_α is the EBM's own p̃ in the same u coordinates: its sampler, from the generator's draws
+        return self.ebm.mcmc_from(u, generator, kernel, refine_steps, warmup, step_size)
 
     @torch.no_grad()
     def _log_prob(
